@@ -1,0 +1,132 @@
+"""The `deploykit` command: a thin click layer over the Python API.
+
+Each command parses its options, calls one API function and prints. Heavy imports (torch, onnx)
+happen inside commands so that `deploykit --help` is instant. Errors print one line and exit
+non-zero; `--debug` (anywhere on the command line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import DeploykitError, UserInputError
+
+
+def _shape_option(required=False, help_text="input shape, e.g. 1,3,224,224"):
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        from .shapes import parse_shape
+
+        try:
+            return parse_shape(value)
+        except UserInputError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return click.option("--input-shape", "input_shape", default=None, required=required,
+                        callback=callback, help=help_text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="show the Python traceback of any error")
+@click.version_option(package_name="deploykit")
+def cli(debug):
+    """Take a trained PyTorch CNN to a fast, verified inference artefact."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def zoo(as_json):
+    """List the reference models with their input shape, parameters and MACs."""
+    from .zoo import describe_zoo
+
+    rows = describe_zoo()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'name':<12} {'input':<14} {'params':>13} {'MACs':>16}  description")
+    for r in rows:
+        shape = "x".join(map(str, r["input_shape"]))
+        click.echo(f"{r['name']:<12} {shape:<14} {r['params']:>13,} {r['macs']:>16,}  {r['description']}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write")
+@click.option("--weights", type=click.Path(dir_okay=False), help="state_dict to load (weights only)")
+@_shape_option()
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="batch dimension dynamic")
+@click.option("--dynamic-spatial", is_flag=True, help="also make H and W dynamic")
+@click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True)
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="max relative error allowed against PyTorch")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def export(model, output, weights, input_shape, dynamic_batch, dynamic_spatial, opset, tolerance, exporter, as_json):
+    """Export MODEL (zoo name, file.py:factory, or TorchScript/torch.export archive) to ONNX, proven in ONNX Runtime."""
+    from .export import export as do_export
+
+    result = do_export(model, output, weights=weights, input_shape=input_shape, dynamic_batch=dynamic_batch,
+                       dynamic_spatial=dynamic_spatial, opset=opset, tolerance=tolerance, exporter=exporter)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    dyn = ", ".join(f"{k}[{','.join(map(str, v.values()))}]" for k, v in result.dynamic_axes.items() if k == "input")
+    click.echo(f"exported {result.source} -> {result.path} (opset {result.opset}, {result.exporter} exporter, "
+               f"{result.seconds:.2f} s; dynamic: {dyn or 'none'})")
+    click.echo("onnx.checker: ok")
+    for c in result.checks:
+        click.echo(f"parity vs PyTorch at {'x'.join(map(str, c.input_shape))}: max abs {c.max_abs:.2e}, "
+                   f"max rel {c.max_rel:.2e} (tolerance {tolerance:g})")
+
+
+@cli.command(name="inspect")
+@click.argument("model", type=click.Path())
+@_shape_option(help_text="input shape when the model's is dynamic (default: the one recorded at export)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def inspect_cmd(model, input_shape, as_json):
+    """Per-layer shapes, parameters, MACs and activation memory of an ONNX model."""
+    from .inspect import format_report, inspect_model
+
+    report = inspect_model(model, input_shape)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+
+
+def main(argv=None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="deploykit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.format_message()}" + _usage_hint(exc), err=True)
+        sys.exit(exc.exit_code)
+    except DeploykitError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # an unexpected failure still gets one line, and --debug for the rest
+        if debug:
+            raise
+        click.echo(f"error: internal error {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                   " (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+def _usage_hint(exc) -> str:
+    ctx = getattr(exc, "ctx", None)
+    return f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The errors a deploykit user can see, and the exit code each maps to on the command line.
+
+Every error carries a message that fits on one line and says what was wrong and what to do.
+"""
+
+
+class DeploykitError(Exception):
+    """Base class: anything deploykit raises on purpose."""
+
+    exit_code = 1
+
+
+class UserInputError(DeploykitError, ValueError):
+    """A file, name, shape or option the user gave cannot be used."""
+
+    exit_code = 2
+
+
+class ShapeMismatchError(UserInputError):
+    """An input tensor does not match what the model declares."""
+
+
+class VerificationError(DeploykitError):
+    """A converted model does not compute what its source computes, within tolerance."""
+
+    exit_code = 3
+
+
+class BackendUnavailableError(DeploykitError):
+    """A runtime, execution provider or package asked for is not available here."""
+
+    exit_code = 4

@@ -1,0 +1,237 @@
+"""nn.Module / file.py:factory / zoo name / archive -> ONNX, with a numerical proof of the export.
+
+Exporter choice (measured, see ../shared/docs/performance-facts.md and bench/): the legacy
+TorchScript exporter runs 5-7x faster than the dynamo exporter and, with constant folding in eval
+mode, emits the same clean graph (BatchNorm folded into Conv, no run-time weight arithmetic), which
+ONNX Runtime runs exactly as fast. The dynamo exporter stays available with exporter="dynamo"; it is
+always run with its optimiser on, since without it each conv's bias is computed at run time.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from ._version import __version__
+from .errors import DeploykitError, UserInputError, VerificationError
+from .shapes import format_shape
+from .verify import Deviation, compare, run_onnx_cpu, worst
+from .zoo import load_model, require_torch
+
+DEFAULT_OPSET = 17
+DEFAULT_TOLERANCE = 1e-4
+EXPORTERS = ("torchscript", "dynamo")
+
+
+@dataclass
+class ParityCheck:
+    input_shape: tuple[int, ...]
+    deviations: list[Deviation]
+
+    @property
+    def max_abs(self) -> float:
+        return max(d.max_abs for d in self.deviations)
+
+    @property
+    def max_rel(self) -> float:
+        return max(d.max_rel for d in self.deviations)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    source: str
+    input_shape: tuple[int, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    opset: int
+    exporter: str
+    seconds: float
+    checks: list[ParityCheck] = field(default_factory=list)
+
+    @property
+    def max_abs(self) -> float:
+        return max(c.max_abs for c in self.checks)
+
+    @property
+    def max_rel(self) -> float:
+        return max(c.max_rel for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path), "source": self.source, "input_shape": list(self.input_shape),
+            "dynamic_axes": self.dynamic_axes, "opset": self.opset, "exporter": self.exporter,
+            "seconds": self.seconds, "max_abs_error": self.max_abs, "max_rel_error": self.max_rel,
+            "checks": [{"input_shape": list(c.input_shape), "max_abs": c.max_abs, "max_rel": c.max_rel}
+                       for c in self.checks],
+        }
+
+
+def export(model: str | object, output: str | Path, *, weights: str | None = None,
+           input_shape: tuple[int, ...] | None = None, dynamic_batch: bool = True,
+           dynamic_spatial: bool = False, opset: int = DEFAULT_OPSET,
+           tolerance: float = DEFAULT_TOLERANCE, exporter: str = "torchscript",
+           seed: int = 0) -> ExportResult:
+    """Export `model` (a MODEL string or an nn.Module) to ONNX at `output` and prove the export.
+
+    The ONNX model is run in ONNX Runtime against the module in PyTorch on the same random input
+    (and on a second batch size when the batch is dynamic). If the max relative error exceeds
+    `tolerance`, VerificationError is raised and nothing is written.
+    """
+    torch = require_torch()
+    if exporter not in EXPORTERS:
+        raise UserInputError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
+    out = io.check_output_path(output)
+    if isinstance(model, torch.nn.Module):
+        module, source, default_shape = model.eval(), type(model).__name__, None
+    else:
+        loaded = load_model(str(model), weights)
+        module, source, default_shape = loaded.module, loaded.source, loaded.input_shape
+    shape = tuple(input_shape) if input_shape else default_shape
+    if shape is None:
+        raise UserInputError(f"{source} records no input shape: give one with --input-shape, for example 1,3,224,224")
+    if len(shape) < 3 and dynamic_spatial:
+        raise UserInputError(f"--dynamic-spatial needs an image input (N,C,H,W); got shape {format_shape(shape)}")
+
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(shape, generator=gen)
+    reference = _forward(module, example, source)
+    output_names = ["output"] + [f"output_{i}" for i in range(1, len(reference))]
+    dynamic_axes: dict[str, dict[int, str]] = {}
+    if dynamic_batch or dynamic_spatial:
+        in_axes = {0: "batch"} if dynamic_batch else {}
+        if dynamic_spatial:
+            in_axes.update({len(shape) - 2: "height", len(shape) - 1: "width"})
+        dynamic_axes["input"] = in_axes
+        for name, ref in zip(output_names, reference):
+            axes = {0: "batch"} if dynamic_batch and ref.ndim > 0 else {}
+            if dynamic_spatial and ref.ndim == len(shape):
+                axes.update({ref.ndim - 2: "out_height", ref.ndim - 1: "out_width"})
+            if axes:
+                dynamic_axes[name] = axes
+
+    start = time.perf_counter()
+    with io.atomic_path(out) as tmp:
+        _run_exporter(torch, module, example, tmp, output_names, dynamic_axes, opset, exporter)
+        seconds = time.perf_counter() - start
+        _inline_initializer_identities(tmp)
+        _check_structure(tmp)
+        checks = [ParityCheck(shape, _parity(tmp, module, example, reference, output_names))]
+        if dynamic_batch:
+            other = (shape[0] + 2,) + tuple(shape[1:])
+            x2 = torch.randn(other, generator=gen)
+            checks.append(ParityCheck(other, _parity(tmp, module, x2, _forward(module, x2, source), output_names)))
+        result = ExportResult(out, source, shape, dynamic_axes, opset, exporter, seconds, checks)
+        if result.max_rel > tolerance:
+            bad = next(c for c in checks if c.max_rel > tolerance)
+            raise VerificationError(
+                f"export of {source} does not match PyTorch at input {format_shape(bad.input_shape)}: "
+                f"{worst(bad.deviations).describe()} exceeds tolerance {tolerance:g}; nothing was written"
+            )
+        proto = io.load_model(tmp)
+        io.set_metadata(proto, {
+            "source": source, "input_shape": ",".join(map(str, shape)), "version": __version__,
+            "exporter": exporter, "parity_max_abs": f"{result.max_abs:.3e}",
+            "parity_max_rel": f"{result.max_rel:.3e}",
+        })
+        proto.producer_name = "deploykit"
+        proto.producer_version = __version__
+        import onnx
+
+        onnx.save_model(proto, str(tmp))
+    return result
+
+
+def _forward(module, x, source):
+    torch = require_torch()
+    try:
+        with torch.inference_mode():
+            y = module(x)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(
+            f"{source} does not accept input of shape {format_shape(x.shape)} ({first}): give the right --input-shape"
+        ) from exc
+    outs = list(y) if isinstance(y, (tuple, list)) else [y]
+    if not all(isinstance(o, torch.Tensor) for o in outs):
+        raise UserInputError(f"{source} must return a tensor or a tuple of tensors to be exported")
+    return [o.detach().numpy() for o in outs]
+
+
+def _run_exporter(torch, module, example, path, output_names, dynamic_axes, opset, exporter):
+    try:
+        with warnings.catch_warnings():
+            # The legacy path warns that it is deprecated on every call; the choice is deliberate.
+            warnings.simplefilter("ignore")
+            if exporter == "torchscript":
+                torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                                  input_names=["input"], output_names=output_names,
+                                  dynamic_axes=dynamic_axes or None, do_constant_folding=True)
+            else:
+                dyn = None
+                if dynamic_axes.get("input"):
+                    dims = {i: torch.export.Dim.DYNAMIC for i in dynamic_axes["input"]}
+                    dyn = ({**dims},)
+                program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                            input_names=["input"], output_names=output_names,
+                                            dynamic_shapes=dyn, optimize=True, verbose=False)
+                program.save(str(path))
+    except DeploykitError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeploykitError(f"the {exporter} exporter failed: {first} (try --exporter "
+                             f"{'dynamo' if exporter == 'torchscript' else 'torchscript'}, or --debug for details)") from exc
+
+
+def _inline_initializer_identities(path: Path) -> None:
+    """Point consumers straight at initializers the exporter routed through Identity nodes.
+
+    The TorchScript exporter deduplicates equal weights (e.g. the zero biases left by folding
+    freshly initialised BatchNorms) and re-creates each copy as Identity(initializer): weight
+    plumbing that would otherwise run on every inference.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    alias = {}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in graph_outputs:
+            alias[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    if not alias:
+        return
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    onnx.save_model(proto, str(path))
+
+
+def _check_structure(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise VerificationError(f"exported model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+
+
+def _parity(path, module, x, reference, output_names) -> list[Deviation]:
+    got = run_onnx_cpu(str(path), {"input": x.numpy()})
+    return compare(output_names, reference, got)
+
+
+def random_input(shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

@@ -1,0 +1,365 @@
+"""Per-layer accounting of an ONNX model: shapes, parameters, MACs, activation memory, geometry lint.
+
+Memory model (the cs231n notes' remark on inference): a training framework keeps every layer's
+activation volume for the backward pass, so its activation memory is the *sum* over layers. An
+inference runtime only needs a tensor until its last consumer has run, so what it needs is the
+*peak* of the tensors live at once. Two kinds of node create no new volume in either count:
+views (Flatten, Reshape, Squeeze, Unsqueeze, Identity) and element-wise activations that overwrite
+an input nobody reads afterwards (ReLU in place, as VGG's `ReLU(inplace=True)` does). This is what
+makes the totals line up with the cs231n VGG-16 table, which lists one volume per CONV+ReLU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import io
+from .errors import UserInputError
+from .shapes import format_shape
+
+VIEW_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+INPLACE_OPS = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
+               "Selu", "Softplus", "PRelu", "Neg", "Abs"}
+CONV_OPS = {"Conv", "FusedConv", "ConvInteger", "QLinearConv", "NhwcConv"}
+MATMUL_OPS = {"MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul"}
+POOL_OPS = {"MaxPool", "AveragePool", "LpPool"}
+_AXIS_NAMES = {1: ["length"], 2: ["height", "width"], 3: ["depth", "height", "width"]}
+
+
+@dataclass
+class Layer:
+    name: str
+    op: str
+    output_shape: list[int]
+    params: int
+    macs: int
+    activation_elements: int
+    activation_bytes: int
+    # True when the output reuses its input's memory (a view or an in-place activation).
+    aliases_input: bool = False
+
+
+@dataclass
+class Totals:
+    params: int
+    param_bytes: int
+    macs: int
+    activation_elements: int
+    activation_bytes: int
+    peak_activation_bytes: int
+
+
+@dataclass
+class Report:
+    model: str
+    input_shapes: dict[str, list[int]]
+    layers: list[Layer]
+    totals: Totals
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "input_shapes": self.input_shapes,
+            "layers": [asdict(layer) for layer in self.layers],
+            "totals": asdict(self.totals),
+            "warnings": self.warnings,
+        }
+
+
+def inspect_model(model: str | Path, input_shape: tuple[int, ...] | None = None) -> Report:
+    """Account for every node of the ONNX model at `model`.
+
+    Shapes come from ONNX shape inference, with the first input fixed to `input_shape`, or to the
+    shape recorded by `deploykit export`, or to the model's own static shape.
+    """
+    import onnx
+    import onnx_ir as ir
+
+    proto = io.load_model(model)
+    shapes = _resolve_input_shapes(proto, input_shape, str(model))
+    _fix_input_shapes(proto, shapes)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserInputError(f"shape inference failed for {model} at input {shapes}: {first}; "
+                             "check --input-shape") from exc
+    graph = ir.from_proto(proto).graph
+    return _account(graph, str(model), shapes)
+
+
+def _resolve_input_shapes(proto, given, model_name) -> dict[str, list[int]]:
+    initializer_names = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializer_names]
+    recorded = io.get_metadata(proto).get("input_shape")
+    shapes = {}
+    for idx, inp in enumerate(inputs):
+        dims = inp.type.tensor_type.shape.dim
+        static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if idx == 0 and given:
+            if len(given) != len(static):
+                raise UserInputError(f"--input-shape {format_shape(given)} has {len(given)} dims but input "
+                                     f"{inp.name!r} has {len(static)}")
+            for g, s in zip(given, static):
+                if s is not None and s != g:
+                    raise UserInputError(f"--input-shape {format_shape(given)} contradicts input {inp.name!r}'s "
+                                         f"fixed shape {format_shape(['?' if x is None else x for x in static])}")
+            shapes[inp.name] = list(given)
+        elif idx == 0 and recorded and None in static:
+            shapes[inp.name] = [int(v) for v in recorded.split(",")]
+        elif None in static:
+            raise UserInputError(f"input {inp.name!r} of {model_name} has dynamic dims "
+                                 f"{format_shape(['?' if x is None else x for x in static])}: give --input-shape")
+        else:
+            shapes[inp.name] = static
+    return shapes
+
+
+def _fix_input_shapes(proto, shapes):
+    for inp in proto.graph.input:
+        if inp.name in shapes:
+            for d, v in zip(inp.type.tensor_type.shape.dim, shapes[inp.name]):
+                d.Clear()
+                d.dim_value = v
+    # Shapes the exporter recorded are symbolic; let inference recompute them for this input.
+    del proto.graph.value_info[:]
+    for out in proto.graph.output:
+        out.type.tensor_type.ClearField("shape")
+
+
+def _numel(shape) -> int:
+    return math.prod(int(d) for d in shape)
+
+
+def _concrete(value) -> list[int]:
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        raise UserInputError(f"could not infer a static shape for tensor {value.name!r}: check --input-shape")
+    return [int(d) for d in value.shape]
+
+
+def _bytes(value, elements) -> int:
+    return int(elements * value.dtype.itemsize) if value.dtype is not None else elements * 4
+
+
+def _is_param(value) -> bool:
+    # Shape and index tensors (int64/int32) are not learned parameters.
+    import onnx_ir as ir
+
+    tensor = value.const_value
+    return tensor is not None and tensor.dtype not in (ir.DataType.INT64, ir.DataType.INT32)
+
+
+def _macs(node) -> int:
+    op = node.op_type
+    if op in CONV_OPS:
+        weight = node.inputs[3 if op == "QLinearConv" else 1]
+        return _numel(_concrete(node.outputs[0])) * _numel(_concrete(weight)[1:])
+    if op == "ConvTranspose":
+        weight = node.inputs[1]
+        return _numel(_concrete(node.inputs[0])) * _numel(_concrete(weight)[1:])
+    if op == "Gemm":
+        a = _concrete(node.inputs[0])
+        trans_a = node.attributes.get("transA")
+        k = a[0] if trans_a is not None and trans_a.value else a[1]
+        return _numel(_concrete(node.outputs[0])) * k
+    if op in MATMUL_OPS:
+        a = _concrete(node.inputs[0])
+        return _numel(_concrete(node.outputs[0])) * a[-1]
+    return 0
+
+
+def _account(graph, model_name, input_shapes) -> Report:
+    graph_inputs = [v for v in graph.inputs if not v.is_initializer()]
+    pinned = {id(v) for v in graph_inputs} | {id(v) for v in graph.outputs}
+
+    # Buffer simulation for peak live memory: a buffer lives until every tensor sharing it has been
+    # read by all of its consumers (graph outputs live to the end).
+    buffer_of: dict[int, int] = {}
+    buffer_bytes: dict[int, int] = {}
+    remaining: dict[int, int] = {}
+    live = 0
+
+    def allocate(value, nbytes):
+        nonlocal live
+        bid = id(value)
+        buffer_of[id(value)] = bid
+        buffer_bytes[bid] = nbytes
+        remaining[bid] = len(value.uses()) + (1 if id(value) in pinned else 0)
+        live += nbytes
+
+    def release(bid):
+        nonlocal live
+        remaining[bid] -= 1
+        if remaining[bid] == 0:
+            live -= buffer_bytes.pop(bid)
+
+    activation_elements = activation_bytes = 0
+    for v in graph_inputs:
+        n = _numel(_concrete(v))
+        activation_elements += n
+        activation_bytes += _bytes(v, n)
+        allocate(v, _bytes(v, n))
+    peak = live
+
+    layers, seen_params = [], set()
+    param_total = param_bytes_total = mac_total = 0
+    warnings = []
+    for index, node in enumerate(graph):
+        name = node.name or f"{node.op_type}_{index}"
+        params = 0
+        for v in node.inputs:
+            if v is not None and _is_param(v):
+                if id(v) not in seen_params:  # a weight shared by two nodes counts once
+                    seen_params.add(id(v))
+                    param_total += v.const_value.size
+                    param_bytes_total += int(v.const_value.nbytes)
+                params += v.const_value.size
+        macs = _macs(node)
+        mac_total += macs
+        warnings += _geometry_warnings(node, name)
+
+        first_in = node.inputs[0] if node.inputs else None
+        in_buf = buffer_of.get(id(first_in)) if first_in is not None else None
+        aliases = in_buf is not None and (
+            node.op_type in VIEW_OPS
+            or (node.op_type in INPLACE_OPS and remaining[in_buf] == 1 and id(first_in) not in pinned)
+        )
+        out_elems = out_bytes = 0
+        for out in node.outputs:
+            if out is None or not out.name:
+                continue
+            n = _numel(_concrete(out))
+            out_elems += n
+            out_bytes += _bytes(out, n)
+        if aliases:
+            out = node.outputs[0]
+            buffer_of[id(out)] = in_buf
+            remaining[in_buf] += len(out.uses()) + (1 if id(out) in pinned else 0)
+        else:
+            for out in node.outputs:
+                if out is not None and out.name:
+                    allocate(out, _bytes(out, _numel(_concrete(out))))
+            activation_elements += out_elems
+            activation_bytes += out_bytes
+        peak = max(peak, live)
+        for v in node.inputs:
+            if v is not None and id(v) in buffer_of:
+                release(buffer_of[id(v)])
+        for out in node.outputs:  # outputs nobody reads are freed at once
+            bid = buffer_of.get(id(out)) if out is not None else None
+            if bid in buffer_bytes and remaining[bid] == 0:
+                live -= buffer_bytes.pop(bid)
+
+        first_out = node.outputs[0]
+        layers.append(Layer(name, node.op_type, _concrete(first_out) if first_out.shape is not None else [],
+                            params, macs, out_elems, out_bytes, bool(aliases)))
+
+    totals = Totals(param_total, param_bytes_total, mac_total, activation_elements, activation_bytes, peak)
+    return Report(model_name, input_shapes, layers, totals, warnings)
+
+
+def _geometry_warnings(node, name) -> list[str]:
+    """The notes' constraint: (W - F + 2P)/S + 1 must be an integer, or rows/columns are dropped."""
+    op = node.op_type
+    if op not in CONV_OPS | POOL_OPS:
+        return []
+    attrs = node.attributes
+    auto_pad = attrs.get("auto_pad")
+    if auto_pad is not None and auto_pad.value not in ("NOTSET", b"NOTSET"):
+        return []
+    ceil_mode = attrs.get("ceil_mode")
+    if ceil_mode is not None and ceil_mode.value:
+        return []  # ceil mode pads the last window instead of dropping input
+    x = node.inputs[0]
+    if x.shape is None or not all(isinstance(d, int) for d in x.shape):
+        return []
+    spatial = [int(d) for d in x.shape[2:]]
+    rank = len(spatial)
+    if "kernel_shape" in attrs:
+        kernel = list(attrs["kernel_shape"].value)
+    elif op in CONV_OPS and node.inputs[1] is not None and node.inputs[1].shape is not None:
+        kernel = [int(d) for d in node.inputs[1].shape[2:]]
+    else:
+        return []
+    strides = list(attrs["strides"].value) if "strides" in attrs else [1] * rank
+    dilations = list(attrs["dilations"].value) if "dilations" in attrs else [1] * rank
+    pads = list(attrs["pads"].value) if "pads" in attrs else [0] * (2 * rank)
+    problems = []
+    for axis in range(rank):
+        w, f, s = spatial[axis], (kernel[axis] - 1) * dilations[axis] + 1, strides[axis]
+        p_begin, p_end = pads[axis], pads[axis + rank]
+        span = w - f + p_begin + p_end
+        if span >= 0 and span % s:
+            pad_text = f"2·{p_begin}" if p_begin == p_end else f"({p_begin}+{p_end})"
+            # The positions past the last window come off the end of the padded input: the
+            # trailing padding first, then real input.
+            lost = max(0, span % s - p_end)
+            problems.append((axis, f"({w} − {f} + {pad_text})/{s} + 1 = {span / s + 1:g}", lost))
+    if not problems:
+        return []
+    names = _AXIS_NAMES.get(rank, [f"axis {i}" for i in range(rank)])
+    same = len(problems) == rank and len({(text, lost) for _, text, lost in problems}) == 1
+    groups = [([names[a] for a, _, _ in problems], problems[0][1], problems[0][2])] if same else \
+        [([names[a]], text, lost) for a, text, lost in problems]
+    out = []
+    for axes, text, lost in groups:
+        unit = "rows/columns" if len(axes) > 1 else {"height": "rows", "width": "columns"}.get(axes[0], "elements")
+        effect = (f"the last {lost} input {unit} are never seen" if lost else
+                  "only trailing zero padding is skipped, no input is lost")
+        out.append(f"{name} ({op}) does not tile its input {' and '.join(axes)}: "
+                   f"(W − F + 2P)/S + 1 = {text}, not an integer; {effect}")
+    return out
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _human_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def format_report(report: Report) -> str:
+    """The table `deploykit inspect` prints."""
+    headers = ["name", "op", "output shape", "params", "MACs", "act. elems", "act. bytes"]
+    rows = []
+    for layer in report.layers:
+        rows.append([
+            layer.name, layer.op, format_shape(layer.output_shape), f"{layer.params:,}", f"{layer.macs:,}",
+            f"{layer.activation_elements:,}" + ("*" if layer.aliases_input else ""),
+            _human_bytes(layer.activation_bytes),
+        ])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    right = {3, 4, 5, 6}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    t = report.totals
+    inputs = ", ".join(f"{k} {format_shape(v)}" for k, v in report.input_shapes.items())
+    out = [f"model: {report.model}  (input {inputs})", line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    out += [
+        "",
+        f"parameters:            {t.params:,} ({_human_bytes(t.param_bytes)})",
+        f"MACs:                  {t.macs:,} ({_human_count(t.macs)})",
+        f"activations, all kept: {t.activation_elements:,} elements ({_human_bytes(t.activation_bytes)}), input included"
+        " — what training keeps",
+        f"peak live activations: {_human_bytes(t.peak_activation_bytes)} — what inference needs when each tensor is "
+        "freed after its last use",
+    ]
+    if any(layer.aliases_input for layer in report.layers):
+        out.append("* reuses its input's memory (a view or an in-place activation): not counted again in the totals")
+    for w in report.warnings:
+        out.append(f"warning: {w}")
+    return "\n".join(out)

@@ -1,0 +1,172 @@
+"""Engine: the runtime a production service embeds. Loads once, runs many times, from many threads.
+
+Imports onnxruntime lazily and never imports torch: torch tensors are recognised by duck typing
+and converted with .numpy(), which shares memory with a CPU tensor rather than copying it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import BackendUnavailableError, ShapeMismatchError, UserInputError
+
+# "auto" tries these in order; ONNX Runtime assigns each node to the first provider that can run it.
+_PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_AUTO_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
+}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError("ONNX Runtime is not installed: pip install onnxruntime") from None
+    return onnxruntime
+
+
+def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
+    """Map "auto" / "cpu" / "cuda" / "tensorrt" (or full provider names) to what this machine has.
+
+    An explicit choice that is not available raises: silently running on the CPU instead of the GPU
+    the caller asked for would hide a deployment mistake.
+    """
+    ort = _import_ort()
+    available = ort.get_available_providers()
+    if isinstance(providers, str):
+        if providers == "auto":
+            return [p for p in _AUTO_ORDER if p in available]
+        providers = [providers]
+    resolved = []
+    for p in providers:
+        full = _PROVIDER_ALIASES.get(p.lower(), p)
+        if full not in available:
+            pkg = "onnxruntime-gpu and a CUDA GPU (pip install 'deploykit[gpu]')" if full != "CPUExecutionProvider" else "onnxruntime"
+            raise BackendUnavailableError(
+                f"execution provider {p!r} is not available here (available: {', '.join(available)}); it needs {pkg}"
+            )
+        resolved.append(full)
+    return resolved
+
+
+class Engine:
+    """Run an ONNX model with validated inputs.
+
+    >>> engine = Engine("model.onnx")            # providers="auto": TensorRT, then CUDA, then CPU
+    >>> logits = engine(images)                  # numpy array or torch tensor; returns numpy
+    """
+
+    def __init__(self, model: str | os.PathLike, providers: str | Sequence[str] = "auto", *,
+                 intra_op_threads: int | None = None, inter_op_threads: int | None = None,
+                 graph_optimization_level: str = "all", lean_memory: bool = False,
+                 session_options: Any = None):
+        ort = _import_ort()
+        path = Path(model)
+        if not path.is_file():
+            raise UserInputError(f"model file {path} does not exist")
+        if graph_optimization_level not in _OPT_LEVELS:
+            raise UserInputError(f"unknown graph optimisation level {graph_optimization_level!r}: "
+                                 f"choose one of {', '.join(_OPT_LEVELS)}")
+        opts = session_options or ort.SessionOptions()
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[graph_optimization_level])
+        if intra_op_threads is not None:
+            opts.intra_op_num_threads = int(intra_op_threads)
+        if inter_op_threads is not None:
+            opts.inter_op_num_threads = int(inter_op_threads)
+        if lean_memory:
+            # Prepacked weight copies and the arena roughly double a CNN's resident weights.
+            opts.enable_cpu_mem_arena = False
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+        self.path = path
+        self.lean_memory = lean_memory
+        requested = resolve_providers(providers)
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
+        except Exception as exc:
+            from . import io
+
+            io.load_model(path, load_weights=False)  # raises the one-line "not an ONNX model" error
+            first = str(exc).strip().splitlines()[0]
+            raise UserInputError(f"ONNX Runtime cannot load {path}: {first}") from exc
+        self.inputs = [(i.name, tuple(i.shape), i.type) for i in self._session.get_inputs()]
+        self.outputs = [o.name for o in self._session.get_outputs()]
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually uses, in priority order."""
+        return self._session.get_providers()
+
+    @property
+    def input_names(self) -> list[str]:
+        return [name for name, _, _ in self.inputs]
+
+    def __call__(self, *args, **kwargs):
+        """engine(x) -> the single output; engine(x) -> tuple when the model has several outputs."""
+        if args and kwargs:
+            raise UserInputError("pass inputs either positionally or by name, not both")
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            feeds = dict(args[0])
+        elif args:
+            if len(args) != len(self.inputs):
+                raise ShapeMismatchError(f"model {self.path.name} takes {len(self.inputs)} input(s) "
+                                         f"({', '.join(self.input_names)}), got {len(args)}")
+            feeds = dict(zip(self.input_names, args))
+        else:
+            feeds = kwargs
+        outs = self.run(feeds)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def run(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+        """Validate and run; returns every output, in the model's order."""
+        return self._session.run(self.outputs, self._validate(feeds))
+
+    def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        extra = [n for n in feeds if n not in self.input_names]
+        if missing or extra:
+            raise ShapeMismatchError(f"model {self.path.name} expects inputs {self.input_names}; "
+                                     f"missing {missing}, unexpected {extra}")
+        checked = {}
+        for name, shape, type_str in self.inputs:
+            array = _as_numpy(feeds[name], name)
+            expected_dtype = _ORT_DTYPES.get(type_str)
+            if expected_dtype is not None and array.dtype != expected_dtype:
+                raise ShapeMismatchError(
+                    f"input {name!r} expects dtype {np.dtype(expected_dtype).name}, got {array.dtype.name}: "
+                    f"convert it, e.g. x.astype(np.{np.dtype(expected_dtype).name})")
+            if len(shape) != array.ndim or any(
+                isinstance(d, int) and d != a for d, a in zip(shape, array.shape)
+            ):
+                pretty = "x".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
+                raise ShapeMismatchError(
+                    f"input {name!r} expects shape {pretty}, got {'x'.join(map(str, array.shape))}")
+            checked[name] = array
+        return checked
+
+
+def _as_numpy(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
+        tensor = value.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        return tensor.numpy()  # shares memory with a contiguous CPU tensor
+    try:
+        return np.asarray(value)
+    except Exception:
+        raise ShapeMismatchError(f"input {name!r} must be a numpy array or torch tensor, got {type(value).__name__}") from None

@@ -1,0 +1,62 @@
+"""Numerical comparison of a model's outputs against a reference.
+
+Relative error is max|candidate - reference| / max|reference| over each output: an
+element-wise ratio explodes on logits near zero and says nothing about the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class Deviation:
+    output: str
+    max_abs: float
+    max_rel: float
+    worst_index: tuple[int, ...]
+    reference_value: float
+    candidate_value: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (f"output {self.output!r} at index {list(self.worst_index)}: "
+                f"reference {self.reference_value:.6g}, got {self.candidate_value:.6g} "
+                f"(max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g})")
+
+
+def compare(names: list[str], reference: list[np.ndarray], candidate: list[np.ndarray]) -> list[Deviation]:
+    """One Deviation per output; shapes must agree."""
+    out = []
+    for name, ref, got in zip(names, reference, candidate, strict=True):
+        ref = np.asarray(ref, dtype=np.float64)
+        got = np.asarray(got, dtype=np.float64)
+        if ref.shape != got.shape:
+            raise ValueError(f"output {name!r}: shape {got.shape} differs from reference {ref.shape}")
+        if ref.size == 0:
+            out.append(Deviation(name, 0.0, 0.0, (), 0.0, 0.0))
+            continue
+        diff = np.abs(got - ref)
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        idx = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        scale = float(np.max(np.abs(ref)))
+        max_abs = float(diff[idx])
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+        out.append(Deviation(name, max_abs, max_rel, tuple(int(i) for i in idx), float(ref[idx]), float(got[idx])))
+    return out
+
+
+def worst(deviations: list[Deviation]) -> Deviation:
+    return max(deviations, key=lambda d: d.max_rel)
+
+
+def run_onnx_cpu(model_path: str, feeds: dict[str, np.ndarray], optimization: str = "all") -> list[np.ndarray]:
+    """Run a model once in a fresh ONNX Runtime CPU session."""
+    from .runtime import Engine
+
+    engine = Engine(model_path, providers="cpu", graph_optimization_level=optimization)
+    return engine.run(feeds)
