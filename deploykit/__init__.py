@@ -20,18 +20,16 @@ __all__ = [
 ]
 
 
+_LAZY = {"export": ".export", "inspect_model": ".inspect", "load_model": ".zoo"}
+
+
 def __getattr__(name):
-    # Lazy so that `from deploykit import Engine` stays light in production processes.
-    if name == "export":
-        from .export import export
+    # Lazy so that `from deploykit import Engine` stays light in production processes (no torch).
+    if name not in _LAZY:
+        raise AttributeError(f"module 'deploykit' has no attribute {name!r}")
+    import importlib
 
-        return export
-    if name == "inspect_model":
-        from .inspect import inspect_model
-
-        return inspect_model
-    if name == "load_model":
-        from .zoo import load_model
-
-        return load_model
-    raise AttributeError(f"module 'deploykit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    # Importing deploykit.export binds the *module* to deploykit.export; the function must win.
+    globals()[name] = value
+    return value

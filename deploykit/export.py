@@ -87,10 +87,14 @@ def export(model: str | object, output: str | Path, *, weights: str | None = Non
         raise UserInputError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
     out = io.check_output_path(output)
     if isinstance(model, torch.nn.Module):
-        module, source, default_shape = model.eval(), type(model).__name__, None
+        from .zoo import _eval
+
+        module, source, default_shape = _eval(model), type(model).__name__, None
     else:
         loaded = load_model(str(model), weights)
         module, source, default_shape = loaded.module, loaded.source, loaded.input_shape
+    if str(source).endswith(".pt2") and exporter == "torchscript":
+        exporter = "dynamo"  # the TorchScript tracer cannot run a torch.export module
     shape = tuple(input_shape) if input_shape else default_shape
     if shape is None:
         raise UserInputError(f"{source} records no input shape: give one with --input-shape, for example 1,3,224,224")

@@ -173,7 +173,10 @@ def _macs(node) -> int:
 
 def _account(graph, model_name, input_shapes) -> Report:
     graph_inputs = [v for v in graph.inputs if not v.is_initializer()]
-    pinned = {id(v) for v in graph_inputs} | {id(v) for v in graph.outputs}
+    # The caller owns graph inputs and outputs: nothing may overwrite them in place. Outputs also
+    # live to the end; inputs are freed after their last reader like any other tensor.
+    no_overwrite = {id(v) for v in graph_inputs} | {id(v) for v in graph.outputs}
+    pinned = {id(v) for v in graph.outputs}
 
     # Buffer simulation for peak live memory: a buffer lives until every tensor sharing it has been
     # read by all of its consumers (graph outputs live to the end).
@@ -225,7 +228,7 @@ def _account(graph, model_name, input_shapes) -> Report:
         in_buf = buffer_of.get(id(first_in)) if first_in is not None else None
         aliases = in_buf is not None and (
             node.op_type in VIEW_OPS
-            or (node.op_type in INPLACE_OPS and remaining[in_buf] == 1 and id(first_in) not in pinned)
+            or (node.op_type in INPLACE_OPS and remaining[in_buf] == 1 and id(first_in) not in no_overwrite)
         )
         out_elems = out_bytes = 0
         for out in node.outputs:

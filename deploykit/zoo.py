@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BackendUnavailableError, UserInputError
+
+BUILD_SEED = 0
 
 
 def zoo_entries():
@@ -43,7 +46,7 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
         weights_file = weights or (str(entry.weights_path) if entry.weights_path else None)
         if weights_file:
             load_weights(module, weights_file)
-        return LoadedModel(module.eval(), f"zoo:{spec}", entry.input_shape)
+        return LoadedModel(_eval(module), f"zoo:{spec}", entry.input_shape)
 
     path_part, _, factory = spec.rpartition(":") if ".py:" in spec else (spec, "", "")
     if factory:
@@ -54,7 +57,15 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
         source = spec
     if weights:
         load_weights(module, weights)
-    return LoadedModel(module.eval(), source, None)
+    return LoadedModel(_eval(module), source, None)
+
+
+def _eval(module):
+    """Inference mode for dropout and batch norm; a torch.export module is already traced in it."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
 
 
 def _unknown_model_message(spec: str) -> str:
@@ -85,7 +96,11 @@ def _load_factory(path: str, factory: str):
     if fn is None or not callable(fn):
         raise UserInputError(f"{file} has no function {factory!r}: give path/to/file.py:FUNCTION returning an nn.Module")
     try:
-        net = fn()
+        # Seeded so that an untrained model is the same network every time it is built (export and
+        # its later checks must see the same weights); fork_rng leaves the caller's RNG untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(BUILD_SEED)
+            net = fn()
     except Exception as exc:
         raise UserInputError(f"{file}:{factory}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(net, torch.nn.Module):
@@ -106,7 +121,9 @@ def _load_archive(path: str):
         except Exception as exc:
             raise UserInputError(f"{file} is not a loadable torch.export archive: {exc}") from exc
     try:
-        return torch.jit.load(str(file), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript is deprecated, but users still have archives
+            return torch.jit.load(str(file), map_location="cpu")
     except Exception as exc:
         hint = ""
         try:

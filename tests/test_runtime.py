@@ -1,0 +1,101 @@
+"""Engine: validation, providers, options, threads, and no torch at import."""
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from deploykit import BackendUnavailableError, Engine, ShapeMismatchError, UserInputError
+from deploykit.runtime import _as_numpy, resolve_providers
+
+
+@pytest.fixture(scope="module")
+def digits_engine(exported):
+    path, _ = exported("digits")
+    return Engine(path, providers="cpu")
+
+
+def test_same_results_from_eight_threads(exported):
+    path, _ = exported("resnet18", (1, 3, 64, 64))
+    engine = Engine(path, providers="cpu", intra_op_threads=1)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((2, 3, 64, 64)).astype(np.float32) for _ in range(8)]
+    expected = [engine(x) for x in inputs]
+    results = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def work(i):
+        barrier.wait()
+        for _ in range(3):
+            results[i] = engine(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_shape_errors_name_input_expected_and_actual(digits_engine):
+    with pytest.raises(ShapeMismatchError, match=r"input 'input' expects shape batchx1x8x8, got 2x1x9x8"):
+        digits_engine(np.zeros((2, 1, 9, 8), np.float32))
+    with pytest.raises(ShapeMismatchError, match=r"expects shape batchx1x8x8, got 1x8x8"):
+        digits_engine(np.zeros((1, 8, 8), np.float32))
+
+
+def test_dtype_and_name_errors(digits_engine):
+    with pytest.raises(ShapeMismatchError, match="expects dtype float32, got float64"):
+        digits_engine(np.zeros((1, 1, 8, 8)))
+    with pytest.raises(ShapeMismatchError, match=r"missing \['input'\], unexpected \['image'\]"):
+        digits_engine(image=np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises(ShapeMismatchError, match="takes 1 input"):
+        digits_engine(np.zeros((1, 1, 8, 8), np.float32), np.zeros(1, np.float32))
+
+
+def test_torch_tensor_input_without_copy(digits_engine):
+    import torch
+
+    t = torch.randn(3, 1, 8, 8)
+    array = _as_numpy(t, "input")
+    assert np.shares_memory(array, t.numpy())
+    np.testing.assert_array_equal(digits_engine(t), digits_engine(t.numpy()))
+
+
+def test_providers():
+    assert resolve_providers("auto")[-1] == "CPUExecutionProvider"
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(BackendUnavailableError, match="'cuda' is not available here"):
+            resolve_providers("cuda")
+
+
+def test_engine_reports_its_provider_and_takes_session_options(exported):
+    path, _ = exported("digits")
+    engine = Engine(path, providers="auto", intra_op_threads=1, graph_optimization_level="basic")
+    assert engine.providers[-1] == "CPUExecutionProvider"
+    with pytest.raises(UserInputError, match="unknown graph optimisation level"):
+        Engine(path, graph_optimization_level="max")
+    lean = Engine(path, providers="cpu", lean_memory=True)
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    # Without prepacked weights ORT takes other kernels: equal to float32 rounding, not bit for bit.
+    np.testing.assert_allclose(lean(x), engine(x), rtol=1e-5, atol=1e-5)
+
+
+def test_engine_rejects_bad_files(tmp_path):
+    with pytest.raises(UserInputError, match="does not exist"):
+        Engine(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("hello, not a model\n")
+    with pytest.raises(UserInputError, match="not .*ONNX model"):
+        Engine(junk)
+
+
+def test_importing_engine_does_not_import_torch():
+    code = "import sys, deploykit; from deploykit import Engine; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
