@@ -9,6 +9,7 @@ always run with its optimiser on, since without it each conv's bias is computed 
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -180,7 +181,10 @@ def _run_exporter(torch, module, example, path, output_names, dynamic_axes, opse
                 if dynamic_axes.get("input"):
                     dims = {i: torch.export.Dim.DYNAMIC for i in dynamic_axes["input"]}
                     dyn = ({**dims},)
-                program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                # The dynamo exporter implements opset 18+; asking for less runs a version
+                # converter that fails on Reduce* axes and floods stderr, leaving 18 anyway.
+                logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+                program = torch.onnx.export(module, (example,), dynamo=True, opset_version=max(opset, 18),
                                             input_names=["input"], output_names=output_names,
                                             dynamic_shapes=dyn, optimize=True, verbose=False)
                 program.save(str(path))
