@@ -15,12 +15,12 @@ from .errors import (
 from .runtime import Engine
 
 __all__ = [
-    "__version__", "Engine", "export", "inspect_model", "load_model",
+    "__version__", "Engine", "export", "inspect_model", "load_model", "optimize_model",
     "DeploykitError", "UserInputError", "ShapeMismatchError", "VerificationError", "BackendUnavailableError",
 ]
 
 
-_LAZY = {"export": ".export", "inspect_model": ".inspect", "load_model": ".zoo"}
+_LAZY = {"export": ".export", "inspect_model": ".inspect", "load_model": ".zoo", "optimize_model": ".optimize"}
 
 
 def __getattr__(name):

@@ -95,6 +95,62 @@ def inspect_cmd(model, input_shape, as_json):
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write")
+@click.option("--fold/--no-fold", default=True, show_default=True, help="fold BatchNorm into the layer before")
+@click.option("--fuse/--no-fuse", default=True, show_default=True, help="fuse Conv+activation for the target")
+@click.option("--fc-to-conv", is_flag=True, help="cast fully-connected layers into convolutions")
+@click.option("--bottleneck", "bottleneck", default=None,
+              help="insert low-rank 1x1 bottlenecks: rank=16, ratio=0.25, energy=0.95 or macs=0.5")
+@click.option("--bottleneck-layers", default=None, help="comma-separated Conv node names to consider")
+@click.option("--fp16", is_flag=True, help="float16 weights and compute")
+@click.option("--fp16-io", is_flag=True, help="with --fp16: float16 inputs and outputs too")
+@click.option("--int8", is_flag=True, help="static int8 quantization (needs --calibration)")
+@click.option("--calibration", default=None,
+              help="calibration data: a folder of images, an .npy/.npz file, or 'digits'")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@_shape_option(help_text="input shape for verification (default: the one recorded at export)")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="max relative deviation of an exact pass")
+@click.option("--max-error", type=click.FloatRange(min=0), default=None,
+              help="fail when an approximating pass deviates more than this (relative)")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="write the report as JSON")
+def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
+             calibration, calibration_method, target, input_shape, tolerance, max_error, report_path):
+    """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
+    from .optimize import optimize_model
+
+    if int8 and not calibration:
+        raise UserInputError("--int8 needs --calibration DATA (a folder of images, an .npy/.npz file, or 'digits')")
+    if int8 and fp16:
+        raise UserInputError("choose one of --int8 and --fp16")
+    layers = [n.strip() for n in bottleneck_layers.split(",")] if bottleneck_layers else None
+    report = optimize_model(model, output, fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv,
+                            bottleneck=bottleneck, bottleneck_layers=layers, fp16=fp16, fp16_io=fp16_io,
+                            int8=int8, calibration=calibration, calibration_method=calibration_method,
+                            input_shape=input_shape, tolerance=tolerance, max_error=max_error,
+                            progress=lambda name: click.echo(f"running {name} ...", err=True))
+    for p in report.passes:
+        kind = "exact" if p.exact else "approximate"
+        click.echo(f"{p.name} ({kind}): nodes {p.nodes_before} -> {p.nodes_after}, params {p.params_before:,} -> "
+                   f"{p.params_after:,}, MACs {p.macs_before:,} -> {p.macs_after:,}; deviation vs input: "
+                   f"max abs {p.max_abs:.2e}, max rel {p.max_rel:.2e}")
+        if p.accuracy_after is not None:
+            click.echo(f"    digits test set: accuracy {p.accuracy_before:.2%} -> {p.accuracy_after:.2%}, "
+                       f"{p.predictions_changed} prediction(s) changed")
+        for n in p.notes:
+            click.echo(f"    {n}")
+    click.echo(f"wrote {output}")
+    if report_path:
+        from .io import atomic_path
+
+        with atomic_path(report_path) as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
 def main(argv=None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args

@@ -69,7 +69,7 @@ class Report:
         }
 
 
-def inspect_model(model: str | Path, input_shape: tuple[int, ...] | None = None) -> Report:
+def inspect_model(model, input_shape: tuple[int, ...] | None = None) -> Report:
     """Account for every node of the ONNX model at `model`.
 
     Shapes come from ONNX shape inference, with the first input fixed to `input_shape`, or to the
@@ -78,9 +78,15 @@ def inspect_model(model: str | Path, input_shape: tuple[int, ...] | None = None)
     import onnx
     import onnx_ir as ir
 
-    proto = io.load_model(model)
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)  # the shapes are rewritten below; the caller's model stays as it is
+        model = proto.graph.name or "<in-memory model>"
+    else:
+        proto = io.load_model(model)
     shapes = _resolve_input_shapes(proto, input_shape, str(model))
     _fix_input_shapes(proto, shapes)
+    original_ops = _standardize_contrib_ops(proto)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except Exception as exc:
@@ -88,7 +94,25 @@ def inspect_model(model: str | Path, input_shape: tuple[int, ...] | None = None)
         raise UserInputError(f"shape inference failed for {model} at input {shapes}: {first}; "
                              "check --input-shape") from exc
     graph = ir.from_proto(proto).graph
+    for node in graph:
+        if node.name in original_ops:
+            node.op_type, node.domain = original_ops[node.name]
     return _account(graph, str(model), shapes)
+
+
+def _standardize_contrib_ops(proto) -> dict[str, tuple[str, str]]:
+    """ONNX shape inference knows no com.microsoft ops: present FusedConv to it as the Conv it is."""
+    renamed = {}
+    for i, node in enumerate(proto.graph.node):
+        if node.domain == "com.microsoft" and node.op_type == "FusedConv":
+            if not node.name:
+                node.name = f"FusedConv_{i}"
+            renamed[node.name] = (node.op_type, node.domain)
+            node.op_type, node.domain = "Conv", ""
+            keep = [a for a in node.attribute if a.name not in ("activation", "activation_params")]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+    return renamed
 
 
 def _resolve_input_shapes(proto, given, model_name) -> dict[str, list[int]]:

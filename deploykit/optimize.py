@@ -1,0 +1,211 @@
+"""The optimisation pipeline: run passes in order, and prove each one numerically as it goes.
+
+After every pass the model is run in ONNX Runtime and compared with the *input* model on the same
+inputs (random ones at the recorded input shape, and, for the trained digits model, the real
+digits test set, where accuracy is reported too). An exact pass whose deviation exceeds the
+tolerance stops the pipeline and nothing is written; an approximating pass (bottleneck, fp16,
+int8) reports its deviation and fails only above max_error, when one is given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .errors import UserInputError, VerificationError
+from .verify import compare, worst
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class PassReport:
+    name: str
+    exact: bool
+    modified: bool
+    notes: list[str]
+    nodes_before: int
+    nodes_after: int
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    max_abs: float
+    max_rel: float
+    seconds: float
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    predictions_changed: int | None = None
+
+
+@dataclass
+class OptimizeReport:
+    input: str
+    output: str | None
+    input_shape: list[int]
+    passes: list[PassReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"input": self.input, "output": self.output, "input_shape": self.input_shape,
+                "passes": [asdict(p) for p in self.passes]}
+
+
+class _Evaluator:
+    """Runs a model on fixed inputs and compares it with the input model's outputs."""
+
+    def __init__(self, proto, input_shape, seed=0):
+        from .runtime import Engine  # noqa: F401  (ensures onnxruntime is importable)
+
+        self.input_name = _first_input(proto).name
+        rng = np.random.default_rng(seed)
+        self.feeds = {self.input_name: rng.standard_normal(input_shape).astype(np.float32)}
+        self.labels = None
+        self.digits = None
+        if io.get_metadata(proto).get("source") == "zoo:digits":
+            try:
+                from deploykit_zoo.digits import load_digits_split
+
+                _, _, x_test, y_test = load_digits_split()
+                self.digits, self.labels = x_test, y_test
+            except Exception:
+                self.digits = None
+        self.output_names = [o.name for o in proto.graph.output]
+        self.reference = self._run(proto)
+        self.reference_pred = self._predict(proto) if self.digits is not None else None
+
+    def _session(self, proto):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def _run(self, proto, session=None):
+        session = session or self._session(proto)
+        feed = {self.input_name: self.feeds[self.input_name].astype(_input_dtype(session))}
+        return [np.asarray(o, dtype=np.float64) for o in session.run(None, feed)]
+
+    def _predict(self, proto, session=None):
+        session = session or self._session(proto)
+        x = self.digits.astype(_input_dtype(session))
+        logits = session.run(None, {self.input_name: x})[0]
+        return np.asarray(logits).reshape(len(x), -1).argmax(1)
+
+    def measure(self, proto):
+        session = self._session(proto)
+        outs = self._run(proto, session)
+        # FC->CONV keeps the numbers but may turn (N, K) into (N, K, 1, 1): compare like for like.
+        outs = [o.reshape(r.shape) if o.shape != r.shape and o.size == r.size else o
+                for o, r in zip(outs, self.reference)]
+        deviation = worst(compare(self.output_names, self.reference, outs))
+        accuracy = changed = None
+        if self.digits is not None:
+            pred = self._predict(proto, session)
+            accuracy = float((pred == self.labels).mean())
+            changed = int((pred != self.reference_pred).sum())
+        return deviation, accuracy, changed
+
+    @property
+    def reference_accuracy(self):
+        return None if self.reference_pred is None else float((self.reference_pred == self.labels).mean())
+
+
+def _first_input(proto):
+    initializer_names = {t.name for t in proto.graph.initializer}
+    return next(i for i in proto.graph.input if i.name not in initializer_names)
+
+
+def _input_dtype(session):
+    return np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
+
+def _stats(proto, input_shape):
+    from .inspect import inspect_model
+
+    report = inspect_model(proto, tuple(input_shape))
+    return len(report.layers), report.totals.params, report.totals.macs
+
+
+def recorded_input_shape(proto, given=None) -> list[int]:
+    if given:
+        return list(given)
+    recorded = io.get_metadata(proto).get("input_shape")
+    if recorded:
+        return [int(v) for v in recorded.split(",")]
+    dims = _first_input(proto).type.tensor_type.shape.dim
+    static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if None in static:
+        raise UserInputError("the model records no input shape and its input is dynamic: give --input-shape")
+    return static
+
+
+def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tolerance=DEFAULT_TOLERANCE,
+                 max_error=None, progress=None) -> OptimizeReport:
+    """Apply `passes` (GraphPass instances, in order) to the ONNX model at `model_path`.
+
+    Returns the report; writes `output_path` atomically when given. The input file is never modified.
+    """
+    import onnx_ir as ir
+
+    if output_path is not None:
+        io.check_output_path(output_path)
+        if Path(output_path).resolve() == Path(model_path).resolve():
+            raise UserInputError("the output path is the input model: give another -o, the input is never modified")
+    proto = io.load_model(model_path)
+    shape = recorded_input_shape(proto, input_shape)
+    evaluator = _Evaluator(proto, shape)
+    report = OptimizeReport(str(model_path), str(output_path) if output_path else None, shape)
+    stats = _stats(proto, shape)
+    model = ir.from_proto(proto)
+    for p in passes:
+        if progress:
+            progress(p.name)
+        start = time.perf_counter()
+        result = p(model)
+        model = result.model
+        _tidy(model)
+        proto = ir.to_proto(model)
+        seconds = time.perf_counter() - start
+        deviation, accuracy, changed = evaluator.measure(proto)
+        after = _stats(proto, shape)
+        report.passes.append(PassReport(
+            p.name, p.exact, result.modified, list(p.notes), stats[0], after[0], stats[1], after[1],
+            stats[2], after[2], deviation.max_abs, deviation.max_rel, seconds,
+            evaluator.reference_accuracy, accuracy, changed))
+        stats = after
+        if p.exact and deviation.max_rel > tolerance:
+            raise VerificationError(f"pass {p.name} changed the model's outputs beyond tolerance {tolerance:g}: "
+                                    f"{deviation.describe()}; nothing was written")
+        if max_error is not None and deviation.max_rel > max_error:
+            raise VerificationError(f"after pass {p.name} the outputs deviate by {deviation.max_rel:.3g} relative, "
+                                    f"above --max-error {max_error:g}: {deviation.describe()}; nothing was written")
+    if output_path is not None:
+        io.set_metadata(proto, {"passes": ",".join(p.name for p in passes),
+                                "optimize_max_rel": f"{max((r.max_rel for r in report.passes), default=0.0):.3e}"})
+        io.save_model(proto, output_path)
+    return report
+
+
+def _tidy(model) -> None:
+    """Drop what a rewrite left unread (old weights, dead nodes) so the next pass and the stats see the real graph."""
+    import onnx_ir.passes.common as common
+
+    common.RemoveUnusedNodesPass()(model)
+
+
+def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target="ort", fc_to_conv=False,
+                   bottleneck=None, bottleneck_layers=None, fp16=False, fp16_io=False, int8=False,
+                   calibration=None, calibration_method="minmax", input_shape=None,
+                   tolerance=DEFAULT_TOLERANCE, max_error=None, progress=None) -> OptimizeReport:
+    """`deploykit optimize` as a function: build the pipeline for these options and run it verified."""
+    from .passes import build_pipeline
+
+    passes = build_pipeline(fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv, bottleneck=bottleneck,
+                            bottleneck_layers=bottleneck_layers, fp16=fp16, fp16_io=fp16_io, int8=int8,
+                            calibration=calibration, calibration_method=calibration_method)
+    return run_pipeline(model_path, passes, output_path, input_shape=input_shape, tolerance=tolerance,
+                        max_error=max_error, progress=progress)

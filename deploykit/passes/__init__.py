@@ -1,0 +1,62 @@
+"""Graph passes: a registry of named, composable rewrites, and the preset pipelines.
+
+Each pass is a GraphPass (an onnx_ir InPlacePass) usable on its own:
+
+    import onnx_ir as ir
+    from deploykit.passes import FoldBatchNormPass
+    model = ir.load("model.onnx"); FoldBatchNormPass()(model); ir.save(model, "folded.onnx")
+
+or composed and verified step by step with deploykit.optimize.run_pipeline / deploykit.optimize_model.
+"""
+
+from __future__ import annotations
+
+from .base import GraphPass
+from .cleanup import CleanupPass
+from .fold_batchnorm import FoldBatchNormPass
+from .fuse_activation import FuseConvActivationPass
+
+REGISTRY: dict[str, type[GraphPass]] = {
+    "cleanup": CleanupPass,
+    "fold": FoldBatchNormPass,
+    "fuse": FuseConvActivationPass,
+}
+
+__all__ = ["GraphPass", "CleanupPass", "FoldBatchNormPass", "FuseConvActivationPass", "REGISTRY", "build_pipeline"]
+
+
+def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort", fc_to_conv: bool = False,
+                   bottleneck: str | None = None, bottleneck_layers: list[str] | None = None,
+                   fp16: bool = False, fp16_io: bool = False, int8: bool = False, calibration=None,
+                   calibration_method: str = "minmax") -> list[GraphPass]:
+    """The passes `deploykit optimize` runs for these options, in the order that keeps them composable.
+
+    Exact structural passes come first; approximating ones after; the ORT fusion last, and only on
+    an fp32 graph (the int8 quantizer fuses Conv+Relu itself, and ORT has no fp16 FusedConv on the CPU).
+    """
+    if target not in ("ort", "tensorrt"):
+        from ..errors import UserInputError
+
+        raise UserInputError(f"unknown target {target!r}: choose ort or tensorrt")
+    passes: list[GraphPass] = [CleanupPass()]
+    if fold:
+        passes.append(FoldBatchNormPass())
+    if fc_to_conv:
+        from .fc_to_conv import FcToConvPass
+
+        passes.append(FcToConvPass())
+    if bottleneck:
+        from .bottleneck import BottleneckPass
+
+        passes.append(BottleneckPass.from_spec(bottleneck, layers=bottleneck_layers, calibration=calibration))
+    if int8:
+        from .int8 import QuantizeInt8Pass
+
+        passes.append(QuantizeInt8Pass(calibration, target=target, method=calibration_method))
+    elif fp16:
+        from .fp16 import Float16Pass
+
+        passes.append(Float16Pass(keep_io_types=not fp16_io))
+    if fuse and not (int8 or fp16):
+        passes.append(FuseConvActivationPass(target))
+    return passes

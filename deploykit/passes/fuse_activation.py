@@ -1,0 +1,92 @@
+"""Conv + activation fusion, per target.
+
+ONNX Runtime (target "ort"): Conv followed by Relu, Clip, LeakyRelu, Sigmoid or HardSigmoid
+becomes one com.microsoft FusedConv, which applies the activation in the convolution's output loop
+instead of a second pass over memory. The model then needs no graph optimisation at load time to
+get the fusion.
+
+TensorRT (target "tensorrt"): TensorRT fuses Conv+activation itself when it builds an engine, and
+it does not implement com.microsoft ops, so the pattern is left as it is and the report says so.
+
+Refused: a Conv whose output has another reader (fusing would hide the pre-activation value from
+it), a Clip whose bounds are not constants, and a Conv that is not 2-D.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ._graph import attr, const, nodes_of, replace_value, sole_consumer
+from .base import GraphPass
+
+FUSABLE = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid")
+
+
+class FuseConvActivationPass(GraphPass):
+    exact = True
+
+    def __init__(self, target: str = "ort") -> None:
+        super().__init__()
+        if target not in ("ort", "tensorrt"):
+            raise ValueError(f"unknown target {target!r}")
+        self.target = target
+        self.name = f"fuse[{target}]"
+
+    def rewrite(self, model: ir.Model) -> bool:
+        candidates = []
+        for conv in nodes_of(model, "Conv"):
+            act = sole_consumer(conv.outputs[0])
+            if act is None:
+                if conv.outputs[0].uses() and any(u.node.op_type in FUSABLE for u in conv.outputs[0].uses()):
+                    self.note(f"left {conv.name}: its output has other readers besides the activation")
+                continue
+            if act.op_type in FUSABLE and act.domain in ("", "ai.onnx"):
+                candidates.append((conv, act))
+        if self.target == "tensorrt":
+            if candidates:
+                self.note(f"left {len(candidates)} Conv+activation pair(s) as they are: TensorRT fuses them "
+                          "itself when it builds the engine")
+            return False
+        fused = 0
+        for conv, act in candidates:
+            reason = self._fuse(model, conv, act)
+            if reason:
+                self.note(f"left {conv.name}+{act.name}: {reason}")
+            else:
+                fused += 1
+        if fused:
+            model.opset_imports.setdefault("com.microsoft", 1)
+            kinds = sorted({a.op_type for _, a in candidates})
+            self.note(f"fused {fused} Conv+{'/'.join(kinds)} pair(s) into com.microsoft.FusedConv")
+        return fused > 0
+
+    def _fuse(self, model, conv, act) -> str | None:
+        weight = conv.inputs[1]
+        if weight.shape is None or len(weight.shape) != 4:
+            return "only 2-D convolutions have a FusedConv kernel"
+        params: list[float] = []
+        if act.op_type == "Clip":
+            bounds = [const(v) if v is not None else None for v in list(act.inputs[1:3]) + [None] * 2][:2]
+            if any(v is not None and b is None for v, b in zip(act.inputs[1:3], bounds)):
+                return "Clip bounds are not constants"
+            lo = float(bounds[0]) if bounds[0] is not None else float(np.finfo(np.float32).min)
+            hi = float(bounds[1]) if len(bounds) > 1 and bounds[1] is not None else float(np.finfo(np.float32).max)
+            params = [lo, hi]
+        elif act.op_type == "LeakyRelu":
+            params = [attr(act, "alpha", 0.01)]
+        elif act.op_type == "HardSigmoid":
+            params = [attr(act, "alpha", 0.2), attr(act, "beta", 0.5)]
+        attributes = {a.name: a.value for a in conv.attributes.values()}
+        attributes["activation"] = act.op_type
+        if params:
+            attributes["activation_params"] = [float(p) for p in params]
+        fused = ir.node("FusedConv", list(conv.inputs), attributes, domain="com.microsoft",
+                        name=f"{conv.name}_fused")
+        fused.outputs[0].type = act.outputs[0].type
+        fused.outputs[0].shape = act.outputs[0].shape
+        graph = conv.graph
+        graph.insert_after(act, fused)
+        replace_value(act.outputs[0], fused.outputs[0])
+        graph.remove([act, conv], safe=True)
+        return None
