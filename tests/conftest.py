@@ -83,3 +83,26 @@ def save(tmp_path):
 
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def ort_run(model, feeds, disable_optimizations=False):
+    """Run a ModelProto or onnx_ir Model in a fresh ONNX Runtime CPU session."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+    opts = ort.SessionOptions()
+    if disable_optimizations:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def to_ir(proto):
+    import onnx_ir as ir
+
+    return ir.from_proto(proto)
+
+
+def ops(model):
+    return [n.op_type for n in model.graph]

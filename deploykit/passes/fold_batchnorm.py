@@ -77,7 +77,9 @@ class FoldBatchNormPass(GraphPass):
             else:
                 channels, new_w = w.shape[1], w * scale.reshape(1, -1)
         else:  # MatMul
-            if w.ndim != 2 or x.shape is None or len(x.shape) != 2:
+            a_shape = layer.inputs[0].shape
+            rank = len(x.shape) if x.shape is not None else (len(a_shape) if a_shape is not None else None)
+            if w.ndim != 2 or rank != 2:
                 return "MatMul is folded only when its output is 2-D"
             channels, new_w = w.shape[1], w * scale.reshape(1, -1)
         if channels != scale.shape[0]:

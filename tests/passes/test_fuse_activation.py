@@ -1,0 +1,54 @@
+"""FuseConvActivationPass: ORT FusedConv for each activation, the patterns left alone, the TensorRT target."""
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from conftest import make_model, ops, ort_run, tensor_info, to_ir
+from deploykit.passes import FuseConvActivationPass
+
+
+def _conv_act(act, extra_reader=False, **act_attrs):
+    rng = np.random.default_rng(0)
+    inits = [("w", rng.standard_normal((8, 3, 3, 3)).astype(np.float32)),
+             ("b", rng.standard_normal(8).astype(np.float32))]
+    act_inputs = ["c"]
+    if act == "Clip":
+        inits += [("lo", np.array(-0.5, np.float32)), ("hi", np.array(1.5, np.float32))]
+        act_inputs += ["lo", "hi"]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(act, act_inputs, ["y"], name="act", **act_attrs)]
+    outputs = [tensor_info("y", [1, 8, 6, 6])]
+    if extra_reader:
+        nodes.append(helper.make_node("Neg", ["c"], ["z"], name="neg"))
+        outputs.append(tensor_info("z", [1, 8, 6, 6]))
+    return make_model(nodes, [tensor_info("x", [1, 3, 6, 6])], outputs, inits)
+
+
+@pytest.mark.parametrize("act,attrs", [("Relu", {}), ("Clip", {}), ("LeakyRelu", {"alpha": 0.2}),
+                                       ("Sigmoid", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4})])
+def test_fuses_each_activation_exactly(act, attrs):
+    proto = _conv_act(act, **attrs)
+    x = np.random.default_rng(1).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    model = to_ir(proto)
+    assert FuseConvActivationPass("ort")(model).modified
+    assert ops(model) == ["FusedConv"]
+    # Run with ORT's own fusions off, so the FusedConv we wrote is what computes.
+    got = ort_run(model, {"x": x}, disable_optimizations=True)[0]
+    np.testing.assert_allclose(got, ort_run(proto, {"x": x}, disable_optimizations=True)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_leaves_conv_whose_output_has_another_reader():
+    model = to_ir(_conv_act("Relu", extra_reader=True))
+    p = FuseConvActivationPass("ort")
+    assert not p(model).modified
+    assert ops(model) == ["Conv", "Relu", "Neg"]
+    assert any("other readers" in n for n in p.notes)
+
+
+def test_tensorrt_target_leaves_the_pattern_and_says_so():
+    model = to_ir(_conv_act("Relu"))
+    p = FuseConvActivationPass("tensorrt")
+    assert not p(model).modified
+    assert ops(model) == ["Conv", "Relu"]
+    assert any("TensorRT fuses them itself" in n for n in p.notes)
