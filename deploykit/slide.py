@@ -1,0 +1,113 @@
+"""Sliding-window evaluation of a classifier over an image larger than it was trained on.
+
+`slide` runs the FC->CONV-converted network once and returns an (N, classes, h, w) map: cell
+(i, j) holds the scores of the training-size crop at offset (i*S, j*S), S being the network's total
+stride. With stride=S/k it runs k*k passes over copies of the image shifted by multiples of S/k and
+interleaves their maps (cs231n: "combining the volumes received by forwarding the converted
+ConvNet" over shifted images), giving a map at the finer stride.
+
+`evaluate_crops` is the reference it must equal: the original model run on every crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .errors import UserInputError
+
+
+@dataclass
+class SlidingModel:
+    """An FC->CONV-converted model in memory, with its total stride and training window."""
+
+    proto: object
+    stride: int
+    window: tuple[int, int]
+    padded: bool
+
+    def session(self):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        return ort.InferenceSession(self.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def sliding_model(model_path) -> SlidingModel:
+    """Load a converted model, or convert an original one in memory (cleanup, fold, FC->CONV)."""
+    import onnx_ir as ir
+
+    from .passes import CleanupPass, FoldBatchNormPass
+    from .passes.fc_to_conv import META_PADDED, META_STRIDE, META_WINDOW, FcToConvPass
+
+    proto = io.load_model(model_path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_STRIDE not in props:
+        model = ir.from_proto(proto)
+        for p in (CleanupPass(), FoldBatchNormPass(), FcToConvPass()):
+            p(model)
+        proto = ir.to_proto(model)
+        props = {p.key: p.value for p in proto.metadata_props}
+    window = tuple(int(v) for v in props[META_WINDOW].split(","))
+    return SlidingModel(proto, int(props[META_STRIDE]), window, props.get(META_PADDED) == "1")
+
+
+def slide(model: SlidingModel | str | Path, image: np.ndarray, stride: int | None = None) -> np.ndarray:
+    """Score map of `image` (N, C, H, W) at `stride` (default and maximum: the network's total stride)."""
+    sm = model if isinstance(model, SlidingModel) else sliding_model(model)
+    full = sm.stride
+    stride = stride or full
+    if stride <= 0 or full % stride:
+        raise UserInputError(f"--stride {stride} must divide the network's total stride {full} (e.g. {full // 2})")
+    k = full // stride
+    n, _, height, width = image.shape
+    wh, ww = sm.window
+    if height < wh or width < ww:
+        raise UserInputError(f"image {height}x{width} is smaller than the {wh}x{ww} window the model was trained on")
+    rows, cols = (height - wh) // stride + 1, (width - ww) // stride + 1
+    session = sm.session()
+    name = session.get_inputs()[0].name
+    result = None
+    for a in range(k):
+        for b in range(k):
+            shifted = np.ascontiguousarray(image[:, :, a * stride:, b * stride:])
+            if shifted.shape[2] < wh or shifted.shape[3] < ww:
+                continue
+            part = session.run(None, {name: shifted})[0]
+            if result is None:
+                result = np.zeros((n, part.shape[1], rows, cols), dtype=part.dtype)
+            r_idx, c_idx = range(a, rows, k), range(b, cols, k)
+            result[:, :, a::k, b::k] = part[:, :, :len(r_idx), :len(c_idx)]
+    return result
+
+
+def crops(image: np.ndarray, window: tuple[int, int], stride: int) -> np.ndarray:
+    """Every window-sized crop at `stride`, row-major, stacked along the batch axis: (rows*cols*N, C, wh, ww)."""
+    _, _, height, width = image.shape
+    wh, ww = window
+    out = [image[:, :, i:i + wh, j:j + ww]
+           for i in range(0, height - wh + 1, stride) for j in range(0, width - ww + 1, stride)]
+    return np.concatenate(out, axis=0)
+
+
+def evaluate_crops(original_model, image: np.ndarray, window: tuple[int, int], stride: int,
+                   batch: int | None = None) -> np.ndarray:
+    """The reference: the original model on each crop, arranged as a (N, classes, rows, cols) map."""
+    import onnxruntime as ort
+
+    n, _, height, width = image.shape
+    rows, cols = (height - window[0]) // stride + 1, (width - window[1]) // stride + 1
+    proto = original_model if not isinstance(original_model, (str, Path)) else io.load_model(original_model)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    all_crops = crops(image, window, stride)
+    fixed = session.get_inputs()[0].shape[0]
+    batch = batch or (fixed if isinstance(fixed, int) else len(all_crops))
+    scores = np.concatenate([session.run(None, {name: all_crops[i:i + batch]})[0]
+                             for i in range(0, len(all_crops), batch)])
+    scores = scores.reshape(rows, cols, n, -1)
+    return scores.transpose(2, 3, 0, 1)
