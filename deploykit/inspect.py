@@ -79,8 +79,7 @@ def inspect_model(model, input_shape: tuple[int, ...] | None = None) -> Report:
     import onnx_ir as ir
 
     if isinstance(model, onnx.ModelProto):
-        proto = onnx.ModelProto()
-        proto.CopyFrom(model)  # the shapes are rewritten below; the caller's model stays as it is
+        proto = _weightless_copy(model)  # the shapes are rewritten below; the caller's model stays as it is
         model = proto.graph.name or "<in-memory model>"
     else:
         proto = io.load_model(model)
@@ -113,6 +112,33 @@ def _standardize_contrib_ops(proto) -> dict[str, tuple[str, str]]:
             del node.attribute[:]
             node.attribute.extend(keep)
     return renamed
+
+
+def _weightless_copy(proto):
+    """A copy for shape and size accounting: large initializers keep their dims and type, not their data.
+
+    Shape inference and the figures here need only dims (and the values of small shape tensors), so
+    a 500 MB model costs kilobytes to inspect.
+    """
+    import onnx
+
+    light = onnx.ModelProto(ir_version=proto.ir_version, producer_name=proto.producer_name,
+                            producer_version=proto.producer_version)
+    light.opset_import.extend(proto.opset_import)
+    light.metadata_props.extend(proto.metadata_props)
+    light.functions.extend(proto.functions)
+    g = proto.graph
+    light.graph.name = g.name
+    for name in ("node", "input", "output", "value_info"):
+        getattr(light.graph, name).extend(getattr(g, name))
+    for tensor in proto.graph.initializer:
+        out = light.graph.initializer.add()
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or math.prod(tensor.dims) > 4096:
+            out.name, out.data_type = tensor.name, tensor.data_type
+            out.dims.extend(tensor.dims)
+        else:
+            out.CopyFrom(tensor)
+    return light
 
 
 def _resolve_input_shapes(proto, given, model_name) -> dict[str, list[int]]:

@@ -56,7 +56,7 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
     elif fp16:
         from .fp16 import Float16Pass
 
-        passes.append(Float16Pass(keep_io_types=not fp16_io))
+        passes.append(Float16Pass(keep_io_types=not fp16_io, sample=calibration))
     if fuse and not (int8 or fp16):
         passes.append(FuseConvActivationPass(target))
     return passes

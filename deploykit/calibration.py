@@ -1,0 +1,105 @@
+"""Calibration data for the passes that look at real activations (int8, data-aware bottlenecks).
+
+DATA is 'digits' (scikit-learn's digits training split, for the zoo's digits model), an .npy file
+holding an (N, C, H, W) float32 array, an .npz file (its 'x' or 'images' array, else its first),
+or a folder of images (PNG/JPEG, read with Pillow, resized to the model's input size and scaled to
+[0, 1]; apply no other normalisation unless your model's first layer expects it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BackendUnavailableError, UserInputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+MAX_SAMPLES = 256
+
+
+def load_calibration(spec, model=None, input_shape=None) -> np.ndarray:
+    """The calibration set as an (N, C, H, W) float32 array."""
+    if isinstance(spec, np.ndarray):
+        data = spec
+    elif str(spec) == "digits":
+        from deploykit_zoo.digits import load_digits_split
+
+        data = load_digits_split()[0][:MAX_SAMPLES]
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise UserInputError(f"calibration data {path} does not exist: give a folder of images, an .npy/.npz "
+                                 "file or 'digits'")
+        if path.is_dir():
+            data = _images(path, _target_shape(model, input_shape))
+        elif path.suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                key = next((k for k in ("x", "images") if k in z.files), z.files[0] if z.files else None)
+                if key is None:
+                    raise UserInputError(f"{path} holds no arrays")
+                data = z[key]
+        else:
+            raise UserInputError(f"calibration data {path}: expected a folder of images, .npy or .npz")
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 3:
+        data = data[:, None]
+    if data.ndim != 4 or len(data) == 0:
+        raise UserInputError(f"calibration data must be (N, C, H, W) images; got shape {data.shape}")
+    return data[:MAX_SAMPLES]
+
+
+def _target_shape(model, input_shape):
+    if input_shape:
+        return tuple(input_shape)
+    if model is not None:
+        props = getattr(model, "metadata_props", None)
+        recorded = props.get("deploykit.input_shape") if hasattr(props, "get") else None
+        if recorded:
+            return tuple(int(v) for v in recorded.split(","))
+    raise UserInputError("calibration images need the model's input size: give --input-shape")
+
+
+def _images(folder: Path, shape) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BackendUnavailableError("a folder of calibration images needs Pillow: pip install pillow") from None
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_SAMPLES]
+    if not files:
+        raise UserInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    channels, height, width = shape[1], shape[2], shape[3]
+    mode = "L" if channels == 1 else "RGB"
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            arr = np.asarray(im.convert(mode).resize((width, height)), dtype=np.float32) / 255.0
+        out.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def layer_inputs(model, value_names: list[str], data: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+    """Run the model on `data` and return the named intermediate tensors."""
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    proto = ir.to_proto(model)
+    existing = {o.name for o in proto.graph.output}
+    for name in value_names:
+        if name not in existing:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    batch = fixed if isinstance(fixed, int) else batch
+    parts: dict[str, list] = {n: [] for n in value_names}
+    for i in range(0, len(data), batch):
+        outs = session.run(value_names, {input_name: data[i:i + batch]})
+        for n, o in zip(value_names, outs):
+            parts[n].append(o)
+    return {n: np.concatenate(v) for n, v in parts.items()}

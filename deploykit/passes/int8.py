@@ -1,0 +1,113 @@
+"""Static post-training int8 quantization (QDQ format, per-channel int8 weights), per target.
+
+The activation type follows the target, because the runtimes want different things:
+- ONNX Runtime on the CPU: uint8 activations (asymmetric). Its x86 int8 kernels are u8 x s8, and
+  with uint8 activations every Conv fuses into QLinearConv (measured 3.1-3.2x over fp32 on
+  ResNet-18); with int8 activations (quantize_static's default) only some do, and the model runs
+  slower than fp32 (see ../shared/docs/performance-facts.md).
+- TensorRT: symmetric int8 activations and weights, which is what its explicit-quantization
+  (QDQ) path accepts.
+
+The report says how many convolutions end up running in int8: for ORT, the QLinearConv nodes in
+the graph ORT actually runs after its own QDQ fusion; for TensorRT, the Convs fed by
+DequantizeLinear on both data and weight.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import onnx_ir as ir
+
+from ..errors import UserInputError
+from .base import RebuildPass
+
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+class QuantizeInt8Pass(RebuildPass):
+    name = "int8"
+    exact = False
+
+    def __init__(self, calibration, target: str = "ort", method: str = "minmax", input_shape=None) -> None:
+        super().__init__()
+        if calibration is None:
+            raise UserInputError("--int8 needs --calibration DATA (a folder of images, an .npy/.npz file, or 'digits')")
+        if method not in METHODS:
+            raise UserInputError(f"unknown calibration method {method!r}: choose {', '.join(METHODS)}")
+        self.calibration, self.target, self.method, self.input_shape = calibration, target, method, input_shape
+        self.int8_convs = 0
+        self.total_convs = 0
+
+    def rebuild(self, model: ir.Model) -> ir.Model:
+        import onnx
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+
+        from ..calibration import load_calibration
+
+        data = load_calibration(self.calibration, model, self.input_shape)
+        input_value = model.graph.inputs[0]
+        expected = input_value.shape
+        if expected is not None and any(isinstance(d, int) and d != a for d, a in zip(list(expected)[1:], data.shape[1:])):
+            raise UserInputError(f"calibration data has shape {data.shape[1:]} per sample but the model expects "
+                                 f"{list(expected)[1:]}")
+        fixed_batch = expected[0] if expected is not None and isinstance(expected[0], int) else None
+        step = fixed_batch or 8
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self._batches = iter([data[i:i + step] for i in range(0, len(data) - (len(data) % step if fixed_batch else 0), step)]
+                                     if fixed_batch else [data[i:i + step] for i in range(0, len(data), step)])
+
+            def get_next(self):
+                batch = next(self._batches, None)
+                return None if batch is None else {input_value.name: batch}
+
+        ort_target = self.target == "ort"
+        self.total_convs = sum(1 for n in model.graph if n.op_type == "Conv")
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            onnx.save_model(ir.to_proto(model), str(src))
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # the quantizer logs advice we follow already (shapes are inferred)
+            try:
+                quantize_static(
+                str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8 if ort_target else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
+                extra_options={"ActivationSymmetric": not ort_target, "WeightSymmetric": True},
+                )
+            finally:
+                root.setLevel(level)
+            quantized = onnx.load(str(dst))
+            self.int8_convs = self._count_int8_convs(quantized, dst, Path(tmp))
+        act = "uint8 (asymmetric) activations, for ONNX Runtime on the CPU" if ort_target else \
+            "symmetric int8 activations, for TensorRT"
+        self.note(f"QDQ, per-channel int8 weights, {act}; calibration: {len(data)} sample(s), {self.method}")
+        self.note(f"{self.int8_convs} of {self.total_convs} convolution(s) run in int8"
+                  + (" (QLinearConv after ORT's QDQ fusion)" if ort_target else " (Conv between DequantizeLinear nodes)"))
+        return ir.from_proto(quantized)
+
+    def _count_int8_convs(self, proto, path: Path, tmp: Path) -> int:
+        if self.target != "ort":
+            producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+            return sum(1 for n in proto.graph.node if n.op_type == "Conv"
+                       and producers.get(n.input[0]) == "DequantizeLinear"
+                       and producers.get(n.input[1]) == "DequantizeLinear")
+        import onnx
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(tmp / "ort_view.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        ran = onnx.load(str(tmp / "ort_view.onnx"))
+        return sum(1 for n in ran.graph.node if n.op_type in ("QLinearConv", "NhwcQLinearConv"))
+
+

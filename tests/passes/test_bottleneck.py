@@ -1,0 +1,149 @@
+"""BottleneckPass: the notes' Inception example, best-rank-r against numpy's SVD, rank specs, the MAC budget."""
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from conftest import make_model, ops, ort_run, tensor_info, to_ir
+from deploykit import UserInputError
+from deploykit.inspect import inspect_model
+from deploykit.passes.bottleneck import BottleneckPass
+
+
+def _conv(cin, cout, k, spatial, stride=1, seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    pad = k // 2
+    inits = [("w", rng.standard_normal((cout, cin, k, k)).astype(np.float32))]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(("b", rng.standard_normal(cout).astype(np.float32)))
+        inputs.append("b")
+    out = (spatial + 2 * pad - k) // stride + 1
+    node = helper.make_node("Conv", inputs, ["y"], name="conv", kernel_shape=[k, k], pads=[pad] * 4,
+                            strides=[stride, stride])
+    return make_model([node], [tensor_info("x", [1, cin, spatial, spatial])],
+                      [tensor_info("y", [1, cout, out, out])], inits)
+
+
+def test_inception_example_from_the_notes():
+    """28x28x192 -> 5x5 conv -> 32: 120,422,400 MACs; through a 16-channel 1x1 bottleneck: 12,443,648."""
+    proto = _conv(192, 32, 5, 28)
+    assert inspect_model(proto).totals.macs == 120_422_400
+    model = to_ir(proto)
+    assert BottleneckPass("rank", 16)(model).modified
+    assert ops(model) == ["Conv", "Conv"]
+    import onnx_ir as ir
+
+    assert inspect_model(ir.to_proto(model)).totals.macs == 12_443_648
+
+
+def _rank_r_reference(w, r):
+    """Best rank-r weight by numpy float64 SVD of the (Cout*K*K, Cin) matrix, back in conv layout."""
+    cout, cin, kh, kw = w.shape
+    m = w.transpose(0, 2, 3, 1).reshape(cout * kh * kw, cin).astype(np.float64)
+    u, s, vt = np.linalg.svd(m, full_matrices=False)
+    approx = (u[:, :r] * s[:r]) @ vt[:r]
+    return approx.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2).astype(np.float32), s
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pair_equals_the_best_rank_r_convolution(seed):
+    rng = np.random.default_rng(seed)
+    cin, cout = int(rng.integers(8, 24)), int(rng.integers(8, 24))
+    k, stride, spatial = int(rng.choice([3, 5])), int(rng.choice([1, 2])), int(rng.integers(8, 16))
+    out = (spatial + 2 * (k // 2) - k) // stride + 1
+    # The largest rank whose 1x1 + KxK pair still costs fewer MACs than the original layer.
+    r_max = (cout * cin * k * k * out * out - 1) // (cin * spatial * spatial + cout * k * k * out * out)
+    r = int(rng.integers(1, min(r_max, cin - 1) + 1))
+    proto = _conv(cin, cout, k, spatial, stride, seed)
+    model = to_ir(proto)
+    assert BottleneckPass("rank", r)(model).modified
+    x = rng.standard_normal((1, cin, spatial, spatial)).astype(np.float32)
+    w = np.asarray(next(t for t in proto.graph.initializer if t.name == "w").float_data or
+                   np.frombuffer(next(t for t in proto.graph.initializer if t.name == "w").raw_data, np.float32))
+    w = w.reshape(cout, cin, k, k)
+    reference_w, s = _rank_r_reference(w, r)
+    reference = _conv(cin, cout, k, spatial, stride, seed)
+    for t in reference.graph.initializer:
+        if t.name == "w":
+            from onnx import numpy_helper
+
+            t.CopyFrom(numpy_helper.from_array(reference_w, "w"))
+    got = ort_run(model, {"x": x})[0]
+    np.testing.assert_allclose(got, ort_run(reference, {"x": x})[0], rtol=1e-3, atol=1e-3)
+    # Eckart-Young: the weight error is exactly the discarded singular values.
+    assert np.linalg.norm(w - reference_w) == pytest.approx(np.sqrt(np.sum(s[r:] ** 2)), rel=1e-4)
+
+
+def test_full_rank_is_exact_and_not_applied_when_it_costs_more():
+    proto = _conv(8, 8, 3, 10)
+    model = to_ir(proto)
+    p = BottleneckPass("rank", 8)
+    assert not p(model).modified  # 1x1 8->8 + 3x3 8->8 costs more than the 3x3 alone
+    assert any("not fewer than" in n for n in p.notes)
+
+
+def test_rank_specs():
+    assert BottleneckPass.from_spec("ratio=0.25").mode == "ratio"
+    for bad in ["rank=0", "rank=2.5", "energy=1.5", "macs=0", "size=3", "rank"]:
+        with pytest.raises(UserInputError, match="bad --bottleneck"):
+            BottleneckPass.from_spec(bad)
+
+
+def test_energy_keeps_the_requested_share():
+    proto = _conv(64, 32, 3, 12, seed=3)
+    model = to_ir(proto)
+    p = BottleneckPass("energy", 0.5)
+    p(model)
+    (chosen,) = p.chosen.values()
+    assert chosen["weight_error"] <= np.sqrt(0.5) + 1e-9
+
+
+def _two_layer_model():
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["b"], name="r"),
+             helper.make_node("Conv", ["b", "w2"], ["y"], name="c2", kernel_shape=[3, 3], pads=[1] * 4)]
+    return make_model(nodes, [tensor_info("x", [1, 32, 16, 16])], [tensor_info("y", [1, 64, 16, 16])],
+                      [("w1", rng.standard_normal((64, 32, 3, 3)).astype(np.float32)),
+                       ("w2", rng.standard_normal((64, 64, 3, 3)).astype(np.float32))])
+
+
+def test_mac_budget_is_met():
+    import onnx_ir as ir
+
+    proto = _two_layer_model()
+    before = inspect_model(proto).totals.macs
+    model = to_ir(proto)
+    BottleneckPass("macs", 0.5)(model)
+    after = inspect_model(ir.to_proto(model)).totals.macs
+    assert after <= 0.5 * before
+    assert after >= 0.3 * before  # spends the budget rather than slashing everything
+
+
+def test_layer_filter():
+    model = to_ir(_two_layer_model())
+    p = BottleneckPass("ratio", 0.25, layers=["c2"])
+    p(model)
+    assert list(p.chosen) == ["c2"]
+    with pytest.raises(UserInputError, match="no plain Conv named nope"):
+        BottleneckPass("ratio", 0.25, layers=["nope"])(to_ir(_two_layer_model()))
+
+
+def test_data_aware_fit_beats_weights_only_on_real_activations(exported):
+    """On the trained digits model, fitting to calibration activations gives lower output error at the same rank."""
+    import onnx
+    import onnx_ir as ir
+
+    from deploykit_zoo.digits import load_digits_split
+
+    path, _ = exported("digits")
+    proto = onnx.load(str(path))
+    _, _, x_test, _ = load_digits_split()
+    reference = ort_run(proto, {"input": x_test})[0]
+    errors = {}
+    for calibration in (None, "digits"):
+        model = ir.from_proto(proto)
+        BottleneckPass("ratio", 0.25, calibration=calibration)(model)
+        errors[calibration] = np.abs(ort_run(model, {"input": x_test})[0] - reference).max()
+    assert errors["digits"] < errors[None]

@@ -1,0 +1,89 @@
+"""deploykit optimize: every zoo model, the digits fidelity targets, the report, and what is never written."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from deploykit import Engine, VerificationError
+from deploykit.optimize import optimize_model, run_pipeline
+from deploykit.passes import CleanupPass, GraphPass
+from deploykit_zoo import ZOO
+
+SMALL = {name: ((1, 3, 64, 64) if e.min_spatial else None) for name, e in ZOO.items()}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_default_and_fc_to_conv_on_every_zoo_model(exported, tmp_path, name):
+    path, _ = exported(name, SMALL[name])
+    default = optimize_model(path, tmp_path / "opt.onnx")
+    assert [p.name for p in default.passes] == ["cleanup", "fold", "fuse[ort]"]
+    assert all(p.max_rel <= 1e-4 for p in default.passes)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "FusedConv" in ops
+    converted = optimize_model(path, tmp_path / "fc.onnx", fc_to_conv=True)
+    fc = next(p for p in converted.passes if p.name == "fc-to-conv")
+    assert fc.modified and fc.max_rel <= 1e-4
+    graph_ops = [n.op_type for n in onnx.load(str(tmp_path / "fc.onnx")).graph.node]
+    assert "Gemm" not in graph_ops and "MatMul" not in graph_ops
+
+
+def test_exact_passes_keep_every_digits_prediction(exported, tmp_path):
+    path, _ = exported("digits")
+    report = optimize_model(path, tmp_path / "d.onnx", fc_to_conv=True)
+    assert [p.name for p in report.passes] == ["cleanup", "fold", "fc-to-conv", "fuse[ort]"]
+    for p in report.passes:
+        assert p.predictions_changed == 0, p.name
+        assert p.accuracy_after == p.accuracy_before >= 0.97
+        assert p.max_rel <= 1e-5, p.name
+
+
+def test_cli_report_and_input_untouched(cli, exported, tmp_path):
+    path, _ = exported("digits")
+    before = path.read_bytes()
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    result = cli("optimize", path, "-o", out, "--report", report)
+    assert result.code == 0, result.err
+    assert "fuse[ort] (exact): nodes 12 -> 9" in result.out
+    assert "digits test set: accuracy 99.17% -> 99.17%, 0 prediction(s) changed" in result.out
+    data = json.loads(report.read_text())
+    assert [p["name"] for p in data["passes"]] == ["cleanup", "fold", "fuse[ort]"]
+    assert path.read_bytes() == before
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(Engine(out)(x), Engine(path)(x), rtol=1e-5, atol=1e-5)
+
+
+class _Sabotage(GraphPass):
+    """Claims to be exact but scales the first weight: the pipeline must catch it."""
+
+    name = "sabotage"
+
+    def rewrite(self, model):
+        from deploykit.passes._graph import const
+
+        for value in model.graph.initializers.values():
+            array = const(value)
+            if array is not None and array.ndim == 4:
+                import onnx_ir as ir
+
+                value.const_value = ir.tensor(array * 1.01)
+                return True
+        return False
+
+
+def test_an_inexact_exact_pass_fails_and_writes_nothing(exported, tmp_path):
+    path, _ = exported("digits")
+    out = tmp_path / "never.onnx"
+    with pytest.raises(VerificationError, match="pass sabotage changed the model's outputs"):
+        run_pipeline(path, [CleanupPass(), _Sabotage()], out)
+    assert not out.exists()
+
+
+def test_tensorrt_target_leaves_fusion_to_tensorrt(cli, exported, tmp_path):
+    path, _ = exported("digits")
+    result = cli("optimize", path, "-o", tmp_path / "t.onnx", "--target", "tensorrt")
+    assert result.code == 0
+    assert "TensorRT fuses them itself" in result.out
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "t.onnx")).graph.node]
+    assert "FusedConv" not in ops and "Relu" in ops
