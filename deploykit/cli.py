@@ -137,7 +137,8 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
         kind = "exact" if p.exact else "approximate"
         click.echo(f"{p.name} ({kind}): nodes {p.nodes_before} -> {p.nodes_after}, params {p.params_before:,} -> "
                    f"{p.params_after:,}, MACs {p.macs_before:,} -> {p.macs_after:,}; deviation vs input: "
-                   f"max abs {p.max_abs:.2e}, max rel {p.max_rel:.2e}")
+                   f"max abs {p.max_abs:.2e}, max rel {p.max_rel:.2e}"
+                   + (f" (this pass alone: max rel {p.step_max_rel:.2e})" if p.step_max_rel != p.max_rel else ""))
         if p.accuracy_after is not None:
             click.echo(f"    digits test set: accuracy {p.accuracy_before:.2%} -> {p.accuracy_after:.2%}, "
                        f"{p.predictions_changed} prediction(s) changed")

@@ -87,3 +87,22 @@ def test_tensorrt_target_leaves_fusion_to_tensorrt(cli, exported, tmp_path):
     assert "TensorRT fuses them itself" in result.out
     ops = [n.op_type for n in onnx.load(str(tmp_path / "t.onnx")).graph.node]
     assert "FusedConv" not in ops and "Relu" in ops
+
+
+def test_bottleneck_energy_keeps_digits_accuracy_within_a_point(cli, exported, tmp_path):
+    path, _ = exported("digits")
+    report_path = tmp_path / "b.json"
+    result = cli("optimize", path, "-o", tmp_path / "b.onnx", "--bottleneck", "energy=0.95", "--report", report_path)
+    assert result.code == 0, result.err
+    passes = {p["name"]: p for p in json.loads(report_path.read_text())["passes"]}
+    b = passes["bottleneck"]
+    assert not b["exact"] and b["macs_after"] < b["macs_before"]
+    assert b["accuracy_before"] - b["accuracy_after"] <= 0.01
+    assert any("->" in n and "MACs" in n for n in b["notes"])
+
+
+def test_max_error_fails_an_approximating_pass(cli, exported, tmp_path):
+    path, _ = exported("digits")
+    result = cli("optimize", path, "-o", tmp_path / "b.onnx", "--bottleneck", "rank=1", "--max-error", "1e-6")
+    assert result.code == 3 and "above --max-error" in result.err
+    assert not (tmp_path / "b.onnx").exists()
