@@ -11,30 +11,15 @@ rounds are interleaved so machine drift hits every variant alike.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-_TIMER = r"""
-import json, sys, time, numpy as np, onnxruntime as ort
-path, batch, iters = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-inp = s.get_inputs()[0]
-shape = [batch] + [d if isinstance(d, int) else 224 for d in inp.shape[1:]]
-x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-for _ in range(3): s.run(None, {inp.name: x})
-t = []
-for _ in range(iters):
-    a = time.perf_counter(); s.run(None, {inp.name: x}); t.append(time.perf_counter() - a)
-print(json.dumps(t))
-"""
-
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import interleaved, machine_line, time_onnx  # noqa: E402
 
 def export_variant(model_name, variant, path):
     import torch
@@ -67,10 +52,7 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).with_name("EXPORTERS.md")))
     args = ap.parse_args()
     variants = ["torchscript", "dynamo", "dynamo-no-optimize"]
-    lines = ["# Exporter choice: measured", "",
-             f"Machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, "
-             f"Python {platform.python_version()}; "
-             f"torch {__import__('torch').__version__}, onnxruntime {__import__('onnxruntime').__version__}.",
+    lines = ["# Exporter choice: measured", "", machine_line(),
              f"Command: `python bench/exporters.py --models {args.models} --rounds {args.rounds}`", "",
              "| model | exporter | export time (median s) | ORT latency bs1 (median ms) | export speed vs torchscript | ORT speed vs torchscript |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -81,16 +63,12 @@ def main():
             for _ in range(max(1, args.rounds // 2)):
                 for v in variants:
                     export_times[v].append(export_variant(name, v, paths[v]))
-            latencies = {v: [] for v in variants}
-            for _ in range(args.rounds):
-                for v in variants:
-                    out = subprocess.run([sys.executable, "-c", _TIMER, str(paths[v]), "1", str(args.iterations)],
-                                         check=True, capture_output=True, text=True).stdout
-                    latencies[v] += json.loads(out)
+            latencies = interleaved({v: paths[v] for v in variants}, args.rounds,
+                                    lambda p: time_onnx(p, (1, 3, 224, 224), args.iterations))
             base_export = statistics.median(export_times["torchscript"])
-            base_lat = statistics.median(latencies["torchscript"])
+            base_lat = latencies["torchscript"]
             for v in variants:
-                e, l = statistics.median(export_times[v]), statistics.median(latencies[v])
+                e, l = statistics.median(export_times[v]), latencies[v]
                 lines.append(f"| {name} | {v} | {e:.2f} | {1e3 * l:.2f} | {base_export / e:.2f}x | {base_lat / l:.2f}x |")
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)

@@ -112,6 +112,9 @@ def inspect_cmd(model, input_shape, as_json):
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
 @click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--ort-layout", is_flag=True,
+              help="bake ONNX Runtime's CPU layout (NCHWc) into the model: full speed without graph "
+                   "optimisation at load, but tied to this CPU's vector extensions")
 @_shape_option(help_text="input shape for verification (default: the one recorded at export)")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
               help="max relative deviation of an exact pass")
@@ -119,7 +122,7 @@ def inspect_cmd(model, input_shape, as_json):
               help="fail when an approximating pass deviates more than this (relative)")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="write the report as JSON")
 def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
-             calibration, calibration_method, target, input_shape, tolerance, max_error, report_path):
+             calibration, calibration_method, target, ort_layout, input_shape, tolerance, max_error, report_path):
     """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
     from .optimize import optimize_model
 
@@ -131,7 +134,7 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
     report = optimize_model(model, output, fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv,
                             bottleneck=bottleneck, bottleneck_layers=layers, fp16=fp16, fp16_io=fp16_io,
                             int8=int8, calibration=calibration, calibration_method=calibration_method,
-                            input_shape=input_shape, tolerance=tolerance, max_error=max_error,
+                            ort_layout=ort_layout, input_shape=input_shape, tolerance=tolerance, max_error=max_error,
                             progress=lambda name: click.echo(f"running {name} ...", err=True))
     for p in report.passes:
         kind = "exact" if p.exact else "approximate"
@@ -141,7 +144,7 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
                    + (f" (this pass alone: max rel {p.step_max_rel:.2e})" if p.step_max_rel != p.max_rel else ""))
         if p.accuracy_after is not None:
             click.echo(f"    digits test set: accuracy {p.accuracy_before:.2%} -> {p.accuracy_after:.2%}, "
-                       f"{p.predictions_changed} prediction(s) changed")
+                       f"{p.predictions_changed} prediction(s) changed, logits max rel {p.digits_max_rel:.2e}")
         for n in p.notes:
             click.echo(f"    {n}")
     click.echo(f"wrote {output}")

@@ -42,6 +42,7 @@ class PassReport:
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     predictions_changed: int | None = None
+    digits_max_rel: float | None = None  # deviation of the logits on the real digits test set
 
 
 @dataclass
@@ -78,7 +79,8 @@ class _Evaluator:
         self.output_names = [o.name for o in proto.graph.output]
         self.reference = self._run(proto)
         self.previous = self.reference
-        self.reference_pred = self._predict(proto) if self.digits is not None else None
+        self.reference_logits = self._logits(proto) if self.digits is not None else None
+        self.reference_pred = self.reference_logits.argmax(1) if self.digits is not None else None
 
     def _session(self, proto):
         import onnxruntime as ort
@@ -92,11 +94,11 @@ class _Evaluator:
         feed = {self.input_name: self.feeds[self.input_name].astype(_input_dtype(session))}
         return [np.asarray(o, dtype=np.float64) for o in session.run(None, feed)]
 
-    def _predict(self, proto, session=None):
+    def _logits(self, proto, session=None):
         session = session or self._session(proto)
         x = self.digits.astype(_input_dtype(session))
         logits = session.run(None, {self.input_name: x})[0]
-        return np.asarray(logits).reshape(len(x), -1).argmax(1)
+        return np.asarray(logits, dtype=np.float64).reshape(len(x), -1)
 
     def measure(self, proto):
         """(deviation from the input model, deviation from the previous step, accuracy, predictions changed)."""
@@ -108,12 +110,13 @@ class _Evaluator:
         deviation = worst(compare(self.output_names, self.reference, outs))
         step = worst(compare(self.output_names, self.previous, outs))
         self.previous = outs
-        accuracy = changed = None
+        digits = None
         if self.digits is not None:
-            pred = self._predict(proto, session)
-            accuracy = float((pred == self.labels).mean())
-            changed = int((pred != self.reference_pred).sum())
-        return deviation, step, accuracy, changed
+            logits = self._logits(proto, session)
+            pred = logits.argmax(1)
+            digits = (float((pred == self.labels).mean()), int((pred != self.reference_pred).sum()),
+                      worst(compare(["logits"], [self.reference_logits], [logits])).max_rel)
+        return deviation, step, digits
 
     @property
     def reference_accuracy(self):
@@ -176,12 +179,12 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
         _tidy(model)
         proto = ir.to_proto(model)
         seconds = time.perf_counter() - start
-        deviation, step, accuracy, changed = evaluator.measure(proto)
-        after = _stats(proto, shape)
+        deviation, step, digits = evaluator.measure(proto)
+        after = stats if getattr(p, "preserves_accounting", False) else _stats(proto, shape)
         report.passes.append(PassReport(
             p.name, p.exact, result.modified, list(p.notes), stats[0], after[0], stats[1], after[1],
             stats[2], after[2], deviation.max_abs, deviation.max_rel, step.max_abs, step.max_rel, seconds,
-            evaluator.reference_accuracy, accuracy, changed))
+            *((evaluator.reference_accuracy,) + digits if digits else ())))
         stats = after
         if p.exact and step.max_rel > tolerance:
             raise VerificationError(f"pass {p.name} changed the model's outputs beyond tolerance {tolerance:g}: "
@@ -205,13 +208,13 @@ def _tidy(model) -> None:
 
 def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target="ort", fc_to_conv=False,
                    bottleneck=None, bottleneck_layers=None, fp16=False, fp16_io=False, int8=False,
-                   calibration=None, calibration_method="minmax", input_shape=None,
+                   calibration=None, calibration_method="minmax", ort_layout=False, input_shape=None,
                    tolerance=DEFAULT_TOLERANCE, max_error=None, progress=None) -> OptimizeReport:
     """`deploykit optimize` as a function: build the pipeline for these options and run it verified."""
     from .passes import build_pipeline
 
     passes = build_pipeline(fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv, bottleneck=bottleneck,
                             bottleneck_layers=bottleneck_layers, fp16=fp16, fp16_io=fp16_io, int8=int8,
-                            calibration=calibration, calibration_method=calibration_method)
+                            calibration=calibration, calibration_method=calibration_method, ort_layout=ort_layout)
     return run_pipeline(model_path, passes, output_path, input_shape=input_shape, tolerance=tolerance,
                         max_error=max_error, progress=progress)

@@ -93,6 +93,7 @@ class Engine:
             opts.add_session_config_entry("session.disable_prepacking", "1")
         self.path = path
         self.lean_memory = lean_memory
+        _check_cpu_layout(path)
         requested = resolve_providers(providers)
         try:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
@@ -170,3 +171,23 @@ def _as_numpy(value: Any, name: str) -> np.ndarray:
         return np.asarray(value)
     except Exception:
         raise ShapeMismatchError(f"input {name!r} must be a numpy array or torch tensor, got {type(value).__name__}") from None
+
+
+def _check_cpu_layout(path: Path) -> None:
+    """A model with ORT's CPU layout baked in runs only on a CPU with the extensions it was built for."""
+    import onnx
+
+    from .passes.ort_layout import META_CPU, cpu_flags
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return  # the session's own load reports unreadable files
+    built = next((p.value for p in proto.metadata_props if p.key == META_CPU), None)
+    if built is None:
+        return
+    missing = sorted(set(filter(None, built.split(","))) - cpu_flags())
+    if missing:
+        raise BackendUnavailableError(
+            f"{path.name} carries ONNX Runtime's CPU layout for a CPU with {', '.join(missing)}, which this CPU "
+            "lacks: rebuild it here with 'deploykit optimize --ort-layout', or use the model without --ort-layout")

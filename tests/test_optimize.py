@@ -37,6 +37,7 @@ def test_exact_passes_keep_every_digits_prediction(exported, tmp_path):
         assert p.predictions_changed == 0, p.name
         assert p.accuracy_after == p.accuracy_before >= 0.97
         assert p.max_rel <= 1e-5, p.name
+        assert p.digits_max_rel <= 1e-5, p.name
 
 
 def test_cli_report_and_input_untouched(cli, exported, tmp_path):
@@ -46,7 +47,7 @@ def test_cli_report_and_input_untouched(cli, exported, tmp_path):
     result = cli("optimize", path, "-o", out, "--report", report)
     assert result.code == 0, result.err
     assert "fuse[ort] (exact): nodes 12 -> 9" in result.out
-    assert "digits test set: accuracy 99.17% -> 99.17%, 0 prediction(s) changed" in result.out
+    assert "digits test set: accuracy 99.17% -> 99.17%, 0 prediction(s) changed, logits max rel" in result.out
     data = json.loads(report.read_text())
     assert [p["name"] for p in data["passes"]] == ["cleanup", "fold", "fuse[ort]"]
     assert path.read_bytes() == before

@@ -28,7 +28,7 @@ __all__ = ["GraphPass", "CleanupPass", "FoldBatchNormPass", "FuseConvActivationP
 def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort", fc_to_conv: bool = False,
                    bottleneck: str | None = None, bottleneck_layers: list[str] | None = None,
                    fp16: bool = False, fp16_io: bool = False, int8: bool = False, calibration=None,
-                   calibration_method: str = "minmax") -> list[GraphPass]:
+                   calibration_method: str = "minmax", ort_layout: bool = False) -> list[GraphPass]:
     """The passes `deploykit optimize` runs for these options, in the order that keeps them composable.
 
     Exact structural passes come first; approximating ones after; the ORT fusion last, and only on
@@ -59,4 +59,12 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
         passes.append(Float16Pass(keep_io_types=not fp16_io, sample=calibration))
     if fuse and not (int8 or fp16):
         passes.append(FuseConvActivationPass(target))
+    if ort_layout:
+        if target != "ort":
+            from ..errors import UserInputError
+
+            raise UserInputError("--ort-layout bakes ONNX Runtime's CPU layout: it needs --target ort")
+        from .ort_layout import OrtLayoutPass
+
+        passes.append(OrtLayoutPass())
     return passes

@@ -2,8 +2,9 @@
 
 ONNX Runtime (target "ort"): Conv followed by Relu, Clip, LeakyRelu, Sigmoid or HardSigmoid
 becomes one com.microsoft FusedConv, which applies the activation in the convolution's output loop
-instead of a second pass over memory. The model then needs no graph optimisation at load time to
-get the fusion.
+instead of a second pass over memory. A residual Conv -> Add(., Z) -> activation becomes FusedConv
+with Z as its fourth input (added before the activation), as in every ResNet block. The model then
+needs no graph optimisation at load time to get the fusion.
 
 TensorRT (target "tensorrt"): TensorRT fuses Conv+activation itself when it builds an engine, and
 it does not implement com.microsoft ops, so the pattern is left as it is and the report says so.
@@ -34,34 +35,59 @@ class FuseConvActivationPass(GraphPass):
         self.name = f"fuse[{target}]"
 
     def rewrite(self, model: ir.Model) -> bool:
-        candidates = []
+        candidates, claimed = [], set()
         for conv in nodes_of(model, "Conv"):
             act = sole_consumer(conv.outputs[0])
+            residual = None
+            if act is not None and act.op_type == "Add" and act.domain in ("", "ai.onnx"):
+                residual = self._residual(conv, act)
+                if residual is not None:
+                    add, z = act, residual
+                    act = sole_consumer(add.outputs[0])
+                    # In a downsampling block both operands of the Add are convs: the first one takes it.
+                    if act is None or act.op_type not in FUSABLE or id(add) in claimed:
+                        continue
+                    claimed.add(id(add))
+                    candidates.append((conv, act, add, z))
+                    continue
             if act is None:
                 if conv.outputs[0].uses() and any(u.node.op_type in FUSABLE for u in conv.outputs[0].uses()):
                     self.note(f"left {conv.name}: its output has other readers besides the activation")
                 continue
             if act.op_type in FUSABLE and act.domain in ("", "ai.onnx"):
-                candidates.append((conv, act))
+                candidates.append((conv, act, None, None))
         if self.target == "tensorrt":
             if candidates:
                 self.note(f"left {len(candidates)} Conv+activation pair(s) as they are: TensorRT fuses them "
                           "itself when it builds the engine")
             return False
-        fused = 0
-        for conv, act in candidates:
-            reason = self._fuse(model, conv, act)
+        fused = with_sum = 0
+        for conv, act, add, z in candidates:
+            reason = self._fuse(model, conv, act, add, z)
             if reason:
                 self.note(f"left {conv.name}+{act.name}: {reason}")
             else:
                 fused += 1
+                with_sum += add is not None
         if fused:
             model.opset_imports.setdefault("com.microsoft", 1)
-            kinds = sorted({a.op_type for _, a in candidates})
-            self.note(f"fused {fused} Conv+{'/'.join(kinds)} pair(s) into com.microsoft.FusedConv")
+            kinds = sorted({c[1].op_type for c in candidates})
+            self.note(f"fused {fused} Conv+{'/'.join(kinds)} into com.microsoft.FusedConv"
+                      + (f", {with_sum} of them with the residual Add as input Z" if with_sum else ""))
         return fused > 0
 
-    def _fuse(self, model, conv, act) -> str | None:
+    @staticmethod
+    def _residual(conv, add):
+        """The other operand of Add when it has the conv output's exact shape (no broadcasting)."""
+        a, b = add.inputs
+        other = b if a is conv.outputs[0] else a
+        if other is conv.outputs[0] or other.const_value is not None:
+            return None
+        if other.shape is None or conv.outputs[0].shape is None or list(other.shape) != list(conv.outputs[0].shape):
+            return None
+        return other
+
+    def _fuse(self, model, conv, act, add=None, z=None) -> str | None:
         weight = conv.inputs[1]
         if weight.shape is None or len(weight.shape) != 4:
             return "only 2-D convolutions have a FusedConv kernel"
@@ -81,12 +107,18 @@ class FuseConvActivationPass(GraphPass):
         attributes["activation"] = act.op_type
         if params:
             attributes["activation_params"] = [float(p) for p in params]
-        fused = ir.node("FusedConv", list(conv.inputs), attributes, domain="com.microsoft",
-                        name=f"{conv.name}_fused")
+        inputs = list(conv.inputs)
+        if add is not None:
+            # Read Z now: an earlier fusion may have replaced the value this Add reads.
+            z = add.inputs[1] if add.inputs[0] is conv.outputs[0] else add.inputs[0]
+            if len(inputs) < 3 or inputs[2] is None:
+                return "a Conv without bias cannot take the residual input"
+            inputs = inputs[:3] + [z]
+        fused = ir.node("FusedConv", inputs, attributes, domain="com.microsoft", name=f"{conv.name}_fused")
         fused.outputs[0].type = act.outputs[0].type
         fused.outputs[0].shape = act.outputs[0].shape
         graph = conv.graph
         graph.insert_after(act, fused)
         replace_value(act.outputs[0], fused.outputs[0])
-        graph.remove([act, conv], safe=True)
+        graph.remove([act, add, conv] if add is not None else [act, conv], safe=True)
         return None

@@ -52,3 +52,48 @@ def test_tensorrt_target_leaves_the_pattern_and_says_so():
     assert not p(model).modified
     assert ops(model) == ["Conv", "Relu"]
     assert any("TensorRT fuses them itself" in n for n in p.notes)
+
+
+def test_residual_add_becomes_input_z():
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["r"], name="r1"),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["c"], name="c2", pads=[1] * 4),
+             helper.make_node("Add", ["c", "x"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["y"], name="r2")]
+    inits = [("w1", rng.standard_normal((4, 4, 3, 3)).astype(np.float32)), ("b1", rng.standard_normal(4).astype(np.float32)),
+             ("w2", rng.standard_normal((4, 4, 3, 3)).astype(np.float32)), ("b2", rng.standard_normal(4).astype(np.float32))]
+    proto = make_model(nodes, [tensor_info("x", [1, 4, 5, 5])], [tensor_info("y", [1, 4, 5, 5])], inits)
+    model = to_ir(proto)
+    import onnx_ir.passes.common as common
+
+    common.ShapeInferencePass()(model)
+    p = FuseConvActivationPass("ort")
+    assert p(model).modified
+    assert ops(model) == ["FusedConv", "FusedConv"]
+    assert len(list(model.graph)[1].inputs) == 4
+    assert any("residual Add as input Z" in n for n in p.notes)
+    x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(model, {"x": x}, disable_optimizations=True)[0],
+                               ort_run(proto, {"x": x}, disable_optimizations=True)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_add_of_two_convs_is_fused_once():
+    """ResNet's downsampling block: Add(conv_a, conv_b) -> Relu. One conv takes the Add, the other feeds Z."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="ca"),
+             helper.make_node("Conv", ["x", "wb", "bb"], ["b"], name="cb"),
+             helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    inits = [(n, rng.standard_normal(s).astype(np.float32)) for n, s in
+             [("wa", (4, 3, 1, 1)), ("ba", (4,)), ("wb", (4, 3, 1, 1)), ("bb", (4,))]]
+    proto = make_model(nodes, [tensor_info("x", [1, 3, 4, 4])], [tensor_info("y", [1, 4, 4, 4])], inits)
+    model = to_ir(proto)
+    import onnx_ir.passes.common as common
+
+    common.ShapeInferencePass()(model)
+    assert FuseConvActivationPass("ort")(model).modified
+    assert sorted(ops(model)) == ["Conv", "FusedConv"]
+    x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(model, {"x": x}, disable_optimizations=True)[0],
+                               ort_run(proto, {"x": x})[0], rtol=1e-5, atol=1e-5)
