@@ -83,6 +83,9 @@ def inspect_model(model, input_shape: tuple[int, ...] | None = None) -> Report:
         model = proto.graph.name or "<in-memory model>"
     else:
         proto = io.load_model(model)
+    if any(n.domain == "com.microsoft.nchwc" for n in proto.graph.node):
+        raise UserInputError(f"{model} carries ONNX Runtime's internal CPU layout (built with --ort-layout), which "
+                             "ONNX shape inference cannot follow: inspect the model from before that step")
     shapes = _resolve_input_shapes(proto, input_shape, str(model))
     _fix_input_shapes(proto, shapes)
     original_ops = _standardize_contrib_ops(proto)

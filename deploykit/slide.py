@@ -30,11 +30,10 @@ class SlidingModel:
     padded: bool
 
     def session(self):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        return ort.InferenceSession(self.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        """One ONNX Runtime session per model, created on first use."""
+        if getattr(self, "_session", None) is None:
+            self._session = crop_session(self.proto)
+        return self._session
 
 
 def sliding_model(model_path) -> SlidingModel:
@@ -94,15 +93,22 @@ def crops(image: np.ndarray, window: tuple[int, int], stride: int) -> np.ndarray
     return np.concatenate(out, axis=0)
 
 
-def evaluate_crops(original_model, image: np.ndarray, window: tuple[int, int], stride: int,
-                   batch: int | None = None) -> np.ndarray:
-    """The reference: the original model on each crop, arranged as a (N, classes, rows, cols) map."""
+def crop_session(model):
+    """An ONNX Runtime CPU session for a model path or ModelProto."""
     import onnxruntime as ort
 
+    proto = model if not isinstance(model, (str, Path)) else io.load_model(model)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def evaluate_crops(original_model, image: np.ndarray, window: tuple[int, int], stride: int,
+                   batch: int | None = None, session=None) -> np.ndarray:
+    """The reference: the original model on each crop, arranged as a (N, classes, rows, cols) map."""
     n, _, height, width = image.shape
     rows, cols = (height - window[0]) // stride + 1, (width - window[1]) // stride + 1
-    proto = original_model if not isinstance(original_model, (str, Path)) else io.load_model(original_model)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = session or crop_session(original_model)
     name = session.get_inputs()[0].name
     all_crops = crops(image, window, stride)
     fixed = session.get_inputs()[0].shape[0]

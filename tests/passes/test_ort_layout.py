@@ -38,3 +38,11 @@ def test_ort_layout_needs_the_ort_target(cli, exported, tmp_path):
     path, _ = exported("digits")
     result = cli("optimize", path, "-o", tmp_path / "x.onnx", "--ort-layout", "--target", "tensorrt")
     assert result.code == 2 and "needs --target ort" in result.err
+
+
+def test_inspect_explains_it_cannot_read_the_baked_layout(cli, exported, tmp_path):
+    path, _ = exported("digits")
+    out = tmp_path / "layout.onnx"
+    optimize_model(path, out, ort_layout=True)
+    result = cli("inspect", out)
+    assert result.code == 2 and "inspect the model from before that step" in result.err
