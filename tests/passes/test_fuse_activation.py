@@ -97,3 +97,22 @@ def test_add_of_two_convs_is_fused_once():
     x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(ort_run(model, {"x": x}, disable_optimizations=True)[0],
                                ort_run(proto, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_shapes_fuse_exactly(seed):
+    rng = np.random.default_rng(seed)
+    cin, cout, k = int(rng.integers(1, 9)), int(rng.integers(1, 17)), int(rng.choice([1, 3, 5]))
+    stride, spatial = int(rng.choice([1, 2])), int(rng.integers(k + 1, 14))
+    act = str(rng.choice(["Relu", "LeakyRelu", "Sigmoid"]))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", strides=[stride] * 2, pads=[k // 2] * 4),
+             helper.make_node(act, ["c"], ["y"], name="act")]
+    out = (spatial + 2 * (k // 2) - k) // stride + 1
+    proto = make_model(nodes, [tensor_info("x", [2, cin, spatial, spatial])], [tensor_info("y", [2, cout, out, out])],
+                       [("w", rng.standard_normal((cout, cin, k, k)).astype(np.float32)),
+                        ("b", rng.standard_normal(cout).astype(np.float32))])
+    model = to_ir(proto)
+    assert FuseConvActivationPass("ort")(model).modified and ops(model) == ["FusedConv"]
+    x = rng.standard_normal((2, cin, spatial, spatial)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(model, {"x": x}, disable_optimizations=True)[0],
+                               ort_run(proto, {"x": x}, disable_optimizations=True)[0], rtol=1e-5, atol=1e-5)

@@ -67,3 +67,33 @@ def test_cli_int8_needs_calibration(cli, exported, tmp_path):
     path, _ = exported("digits")
     result = cli("optimize", path, "-o", tmp_path / "x.onnx", "--int8")
     assert result.code == 2 and "--int8 needs --calibration" in result.err
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hand_built_conv_chain_quantizes_every_conv(tmp_path, seed):
+    """Random small conv chains: every conv becomes QLinearConv in ORT and the output stays close."""
+    from onnx import helper
+
+    from conftest import make_model, ort_run, tensor_info
+
+    rng = np.random.default_rng(seed)
+    c0, c1, c2, s = int(rng.integers(1, 4)), int(rng.integers(4, 12)), int(rng.integers(4, 12)), int(rng.integers(6, 12))
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["b"], name="r1"),
+             helper.make_node("Conv", ["b", "w2", "b2"], ["y"], name="c2", pads=[1] * 4)]
+    inits = [("w1", rng.standard_normal((c1, c0, 3, 3)).astype(np.float32) * 0.3),
+             ("b1", rng.standard_normal(c1).astype(np.float32) * 0.1),
+             ("w2", rng.standard_normal((c2, c1, 3, 3)).astype(np.float32) * 0.3),
+             ("b2", rng.standard_normal(c2).astype(np.float32) * 0.1)]
+    proto = make_model(nodes, [tensor_info("x", ["batch", c0, s, s])], [tensor_info("y", ["batch", c2, s, s])], inits)
+    src = tmp_path / "chain.onnx"
+    onnx.save_model(proto, str(src))
+    calibration = rng.random((32, c0, s, s), dtype=np.float32)
+    np.save(tmp_path / "cal.npy", calibration)
+    report = optimize_model(src, tmp_path / "q.onnx", int8=True, calibration=str(tmp_path / "cal.npy"),
+                            input_shape=(1, c0, s, s))
+    assert "2 of 2 convolution(s) run in int8" in " ".join(report.passes[-1].notes)
+    x = calibration[:4]
+    want = ort_run(proto, {"x": x})[0]
+    got = ort_run(onnx.load(str(tmp_path / "q.onnx")), {"x": x})[0]
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
