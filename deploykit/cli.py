@@ -225,6 +225,106 @@ def _original_from(model):
     return proto
 
 
+def _shape_value(ctx, param, value):
+    if value is None:
+        return None
+    from .shapes import parse_shape
+
+    try:
+        return parse_shape(value)
+    except UserInputError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--backend", type=click.Choice(["ort-cpu", "ort-cuda", "ort-trt", "trt"]), required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="artefact to write (.onnx or .plan)")
+@click.option("--fp16", is_flag=True)
+@click.option("--int8", is_flag=True, help="INT8 (give the QDQ model from 'optimize --int8 --target tensorrt')")
+@click.option("--min-shape", callback=_shape_value, default=None, help="profile minimum input shape")
+@click.option("--opt-shape", callback=_shape_value, default=None, help="profile optimum input shape")
+@click.option("--max-shape", callback=_shape_value, default=None, help="profile maximum input shape")
+@click.option("--workspace", "workspace_mb", type=click.IntRange(1), default=None, help="workspace limit in MB")
+@click.option("--lean-memory", is_flag=True, help="ort-cpu: weights in a side file that ONNX Runtime maps, not copies")
+@click.option("--json", "as_json", is_flag=True)
+def build(model, backend, output, fp16, int8, min_shape, opt_shape, max_shape, workspace_mb, lean_memory, as_json):
+    """Build MODEL.onnx into an artefact for a backend (cached: the same inputs reuse the built engine)."""
+    from pathlib import Path
+
+    from .backends import BuildOptions, get_backend
+    from .io import check_output_path, load_model
+
+    load_model(model, load_weights=False)
+    check_output_path(output)
+    options = BuildOptions(fp16=fp16, int8=int8, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+                           workspace_mb=workspace_mb, lean_memory=lean_memory)
+    result = get_backend(backend).build(Path(model), Path(output), options)
+    if lean_memory and backend == "ort-cpu":
+        from .io import save_model
+
+        save_model(load_model(output), output, external_weights=True)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    how = "reused the cached engine" if result.cached else "built"
+    click.echo(f"{how} {result.artefact} for {backend} ({options.precision}) in {result.seconds:.2f} s, "
+               f"{result.size_bytes / 2**20:.1f} MiB; cache key {result.key}")
+
+
+@cli.command(name="bench")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--backend", "backends", multiple=True,
+              type=click.Choice(["ort-cpu", "ort-cuda", "ort-trt", "trt", "torch"]),
+              help="repeatable; default: ort-cpu (and torch for zoo names, trt for .plan)")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="comma-separated batch sizes")
+@click.option("--warmup", type=click.IntRange(0), default=20, show_default=True)
+@click.option("--iterations", type=click.IntRange(1), default=None)
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None, help="seconds per measurement (default 3)")
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--lean-memory", is_flag=True, help="ONNX Runtime without prepacking or arena, weights mapped from a side file")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write every figure and sample")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="write a PNG")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None)
+def bench_cmd(models, backends, batches, warmup, iterations, duration, threads, lean_memory, json_path, plot_path,
+              markdown_path):
+    """Throughput, latency and memory of MODEL(s) per backend and batch size."""
+    from pathlib import Path
+
+    from . import bench as b
+    from .io import atomic_path, check_output_path
+
+    try:
+        sizes = [int(v) for v in batches.split(",") if v.strip()]
+        if not sizes or any(v < 1 for v in sizes):
+            raise ValueError
+    except ValueError:
+        raise UserInputError(f"bad --batch {batches!r}: give positive integers like 1,8,32") from None
+    for p in (json_path, plot_path, markdown_path):
+        if p:
+            check_output_path(p)
+    def progress(i, n, label):
+        # One line per measurement on a terminal, overwritten in place; plain lines in logs.
+        done = int(30 * i / n) if n else 30
+        text = f"[{'#' * done}{'.' * (30 - done)}] {i}/{n} {label}"
+        if sys.stderr.isatty():
+            click.echo("\r" + text.ljust(100), nl=i == n, err=True)
+        else:
+            click.echo(text, err=True)
+
+    report = b.bench(list(models), list(backends) or None, sizes, warmup, iterations, duration, threads,
+                     lean_memory, progress=progress)
+    click.echo(b.format_table(report))
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if markdown_path:
+        with atomic_path(markdown_path) as tmp:
+            tmp.write_text(b.format_markdown(report))
+    if plot_path:
+        b.plot(report, Path(plot_path))
+
+
 def main(argv=None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args

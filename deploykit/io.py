@@ -73,13 +73,17 @@ def load_model(path: str | os.PathLike, load_weights: bool = True):
     return model
 
 
-def save_model(model, path: str | os.PathLike) -> Path:
-    """Save a ModelProto atomically; weights go to a side file when the model exceeds 2 GiB."""
+def save_model(model, path: str | os.PathLike, external_weights: bool = False) -> Path:
+    """Save a ModelProto atomically.
+
+    Weights go to a side file named PATH.data when asked (ONNX Runtime then maps them instead of
+    copying them: see Engine's lean_memory) or when the model exceeds protobuf's 2 GiB limit.
+    """
     import onnx
 
     out = check_output_path(path)
     with atomic_path(out) as tmp:
-        if model.ByteSize() > _PROTOBUF_LIMIT:
+        if external_weights or model.ByteSize() > _PROTOBUF_LIMIT:
             data_name = out.name + ".data"
             onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)

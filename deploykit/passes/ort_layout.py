@@ -20,20 +20,9 @@ import onnx_ir as ir
 
 from .base import RebuildPass
 
-META_CPU = "deploykit.ort_layout.cpu_flags"
+from ..machine import META_CPU, cpu_flags  # noqa: F401  (re-exported: the runtime checks them)
+
 META_ORT = "deploykit.ort_layout.onnxruntime"
-_RELEVANT = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vnni", "avx2", "fma", "amx_tile", "amx_int8")
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return {f for f in line.split(":", 1)[1].split() if f in _RELEVANT}
-    except OSError:
-        pass
-    return set()
 
 
 class OrtLayoutPass(RebuildPass):

@@ -1,0 +1,90 @@
+"""One measurement in its own process: `python -m deploykit._bench_worker SPEC_JSON` prints a JSON result.
+
+A fresh process per (model, backend, batch) keeps one runtime's thread pool, allocator and peak
+memory out of the next one's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that across execve, so a worker
+    started from a large parent would report the parent's size. VmHWM belongs to this address space."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(spec: dict) -> dict:
+    import numpy as np  # noqa: F401  (imported before the baseline so it is not counted as the model's)
+    import onnxruntime  # noqa: F401
+
+    from deploykit.backends import BuildOptions, get_backend
+    from deploykit.backends.ort import random_feeds
+
+    if spec["backend"] == "torch":
+        import torch  # noqa: F401
+    baseline = _rss()
+    backend = get_backend(spec["backend"])
+    options = BuildOptions(lean_memory=spec.get("lean_memory", False))
+    start = time.perf_counter()
+    runner = backend.runner(spec["artefact"], options, threads=spec.get("threads"))
+    feeds = random_feeds(runner, spec["batch"], spec.get("input_shape"))
+    runner.infer(feeds)
+    warmup_s = time.perf_counter() - start  # session creation + first call
+    for _ in range(spec.get("warmup", 20)):
+        runner.infer(feeds)
+    latencies, split = [], []
+    iterations, duration = spec.get("iterations"), spec.get("duration")
+    loop_start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        runner.infer(feeds)  # the same inputs every iteration (reported)
+        latencies.append(time.perf_counter() - t0)
+        if runner.timings():
+            split.append(runner.timings())
+        elapsed = time.perf_counter() - loop_start
+        if iterations is not None and len(latencies) >= iterations:
+            break
+        if iterations is None and elapsed >= (duration or 3.0) and len(latencies) >= 5:
+            break
+    wall = time.perf_counter() - loop_start
+    peak = peak_rss()
+    result = {"latencies_s": latencies, "wall_s": wall, "warmup_s": warmup_s, "peak_rss_bytes": peak,
+              "baseline_rss_bytes": baseline, "inputs_reused": True}
+    if split:
+        result["device_split_ms"] = {k: sum(s[k] for s in split) / len(split) for k in split[0]}
+    if backend.device == "cuda":
+        try:
+            import torch
+
+            result["device_peak_bytes"] = int(torch.cuda.max_memory_allocated())
+        except Exception:
+            pass
+    runner.close()
+    return result
+
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    try:
+        print(json.dumps(measure(spec)))
+    except Exception as exc:  # the parent reports it as one line
+        print(json.dumps({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}))
+        sys.exit(3)

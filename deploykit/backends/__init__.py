@@ -1,0 +1,26 @@
+"""The backend registry: name -> Backend. GPU backends import their packages only when used."""
+
+from __future__ import annotations
+
+from ..errors import UserInputError
+from .base import Backend, BuildOptions, BuildResult, Runner, cache_key
+
+__all__ = ["Backend", "BuildOptions", "BuildResult", "Runner", "cache_key", "get_backend", "BACKENDS"]
+
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "torch")
+
+
+def get_backend(name: str) -> Backend:
+    if name in ("ort-cpu", "ort-cuda", "ort-trt"):
+        from .ort import OrtBackend
+
+        return OrtBackend(name)
+    if name == "trt":
+        from .trt import TrtBackend
+
+        return TrtBackend()
+    if name == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend()
+    raise UserInputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,129 @@
+"""The backend interface: a builder that turns an ONNX model into an artefact, a runner that executes it.
+
+As in Polygraphy's loader/runner split, building is separate from running, and a runner is a
+context manager whose `infer()` takes named numpy inputs and returns numpy outputs. Optional
+packages (onnxruntime-gpu, tensorrt, torch) are imported inside the backend that needs them, so a
+missing one breaks only that backend, with one clear line saying what to install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    fp16: bool = False
+    int8: bool = False
+    min_shape: tuple[int, ...] | None = None
+    opt_shape: tuple[int, ...] | None = None
+    max_shape: tuple[int, ...] | None = None
+    workspace_mb: int | None = None
+    lean_memory: bool = False
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BuildResult:
+    backend: str
+    artefact: Path
+    seconds: float
+    size_bytes: int
+    cached: bool
+    key: str
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["artefact"] = str(self.artefact)
+        return d
+
+
+class Runner:
+    """Runs one artefact. Use as a context manager; `infer(feeds)` returns the outputs in order."""
+
+    input_names: list[str]
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def timings(self) -> dict[str, float]:
+        """Separate host->device / compute / device->host times of the last call, where the backend knows them."""
+        return {}
+
+
+class Backend:
+    name: str = "backend"
+    device: str = "cpu"
+    needs: str = ""  # what to install, for the unavailable message
+
+    def check_available(self) -> None:
+        """Raise BackendUnavailableError with one line saying what is missing."""
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            self.check_available()
+            return True, ""
+        except BackendUnavailableError as exc:
+            return False, str(exc)
+
+    def build(self, model: Path, output: Path, options: BuildOptions) -> BuildResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def runner(self, artefact: Path, options: BuildOptions | None = None, threads: int | None = None) -> Runner:
+        raise NotImplementedError  # pragma: no cover
+
+    def environment(self) -> dict[str, Any]:
+        """What a cached artefact depends on besides the model and options (library versions, GPU)."""
+        return {}
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(model_sha256: str, backend: str, options: BuildOptions, environment: dict[str, Any]) -> str:
+    """Key of a built artefact: the model's bytes, backend, precision, profiles and the environment it is built for.
+
+    Anything that changes the engine TensorRT (or ORT) would build changes the key; nothing else does.
+    """
+    payload = {"model": model_sha256, "backend": backend, "precision": options.precision,
+               "profiles": [options.min_shape, options.opt_shape, options.max_shape],
+               "workspace_mb": options.workspace_mb, "lean_memory": options.lean_memory,
+               "environment": environment}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    """Where deploykit keeps built engines and timing caches ($DEPLOYKIT_CACHE or ~/.cache/deploykit)."""
+    root = Path(os.environ.get("DEPLOYKIT_CACHE", Path.home() / ".cache" / "deploykit"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root

@@ -1,0 +1,214 @@
+"""Native TensorRT: parse ONNX, build a serialised plan, run it.
+
+Build: one optimization profile for each dynamic input (min/opt/max from the options, else from the
+model's recorded input shape), FP16 and INT8 flags (INT8 through the QDQ model from
+`deploykit optimize --int8 --target tensorrt`: explicit quantization, which TensorRT 10 prefers
+over calibrators), a persistent timing cache in deploykit's cache directory, and a workspace limit.
+The plan is written with a sidecar JSON recording the TensorRT version, the GPU's name and compute
+capability, the precision and the profiles. A plan only runs on the TensorRT version and GPU model
+it was built for, so loading checks the sidecar first and says which differs and how to rebuild,
+instead of failing inside TensorRT.
+
+Device memory and the CUDA stream come from PyTorch (present wherever CUDA is), which avoids a
+dependency on cuda-python.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, UserInputError
+from .base import Backend, BuildOptions, BuildResult, Runner, cache_dir, cache_key, file_sha256
+
+NEEDS = "tensorrt and a CUDA GPU: pip install 'deploykit[gpu]'"
+
+
+def _import_trt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailableError(f"trt needs {NEEDS}") from None
+    return trt
+
+
+def gpu_identity() -> dict:
+    """Name and compute capability of GPU 0, through PyTorch's CUDA runtime."""
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailableError(f"trt needs {NEEDS} (and PyTorch for device memory)") from None
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(f"trt needs {NEEDS}; no CUDA GPU is visible here")
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+
+
+def check_plan_compatible(sidecar: dict, tensorrt_version: str, gpu: dict, plan: Path) -> None:
+    """Raise a one-line error when a plan was built for another TensorRT version or GPU."""
+    built_version = sidecar.get("tensorrt")
+    if built_version != tensorrt_version:
+        raise BackendUnavailableError(
+            f"{plan.name} was built with TensorRT {built_version}, this machine has {tensorrt_version}: "
+            f"rebuild it here with 'deploykit build MODEL.onnx --backend trt -o {plan.name}'")
+    if sidecar.get("gpu") != gpu.get("gpu") or sidecar.get("compute_capability") != gpu.get("compute_capability"):
+        raise BackendUnavailableError(
+            f"{plan.name} was built for {sidecar.get('gpu')} (compute capability {sidecar.get('compute_capability')}), "
+            f"this machine has {gpu.get('gpu')} ({gpu.get('compute_capability')}): rebuild it here with "
+            f"'deploykit build MODEL.onnx --backend trt -o {plan.name}'")
+
+
+def sidecar_path(plan: Path) -> Path:
+    return Path(str(plan) + ".json")
+
+
+class TrtBackend(Backend):
+    name = "trt"
+    device = "cuda"
+    needs = NEEDS
+
+    def check_available(self) -> None:
+        _import_trt()
+        gpu_identity()
+
+    def environment(self) -> dict:
+        trt = _import_trt()
+        return {"tensorrt": trt.__version__, **gpu_identity()}
+
+    def build(self, model: Path, output: Path, options: BuildOptions) -> BuildResult:
+        trt = _import_trt()
+        env = self.environment()
+        from ..io import atomic_path
+
+        start = time.perf_counter()
+        key = cache_key(file_sha256(model), self.name, options, env)
+        cached = cache_dir() / "artefacts" / f"{key}.plan"
+        hit = cached.exists()
+        profiles = {}
+        if not hit:
+            logger = trt.Logger(trt.Logger.WARNING)
+            builder = trt.Builder(logger)
+            network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+            parser = trt.OnnxParser(network, logger)
+            if not parser.parse_from_file(str(model)):
+                errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+                raise UserInputError(f"TensorRT cannot parse {model}: {errors}")
+            config = builder.create_builder_config()
+            if options.workspace_mb:
+                config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
+            if options.fp16:
+                config.set_flag(trt.BuilderFlag.FP16)
+            if options.int8:
+                config.set_flag(trt.BuilderFlag.INT8)
+            profile = builder.create_optimization_profile()
+            for i in range(network.num_inputs):
+                tensor = network.get_input(i)
+                dims = list(tensor.shape)
+                if any(d < 0 for d in dims):
+                    lo, opt, hi = _profile(dims, options, model)
+                    profile.set_shape(tensor.name, lo, opt, hi)
+                    profiles[tensor.name] = [lo, opt, hi]
+            if profiles:
+                config.add_optimization_profile(profile)
+            timing_file = cache_dir() / "trt-timing.cache"
+            timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.exists() else b"")
+            config.set_timing_cache(timing, ignore_mismatch=False)
+            serialized = builder.build_serialized_network(network, config)
+            if serialized is None:
+                raise BackendUnavailableError(f"TensorRT failed to build an engine for {model} (see its log above)")
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached) as tmp:
+                tmp.write_bytes(bytes(serialized))
+            with atomic_path(timing_file) as tmp:
+                tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+            sidecar_path(cached).write_text(json.dumps(
+                {**env, "precision": options.precision, "profiles": profiles, "key": key}, indent=2) + "\n")
+        with atomic_path(output) as tmp:
+            tmp.write_bytes(cached.read_bytes())
+        with atomic_path(sidecar_path(output)) as tmp:
+            tmp.write_text(sidecar_path(cached).read_text())
+        return BuildResult(self.name, output, time.perf_counter() - start, output.stat().st_size, hit, key,
+                           {"profiles": profiles, **env})
+
+    def runner(self, artefact: Path, options: BuildOptions | None = None, threads: int | None = None) -> Runner:
+        return TrtRunner(artefact)
+
+
+def _profile(dims, options: BuildOptions, model: Path):
+    if options.opt_shape or options.min_shape:
+        opt = list(options.opt_shape or options.min_shape)
+        lo = list(options.min_shape or opt)
+        hi = list(options.max_shape or opt)
+        return lo, opt, hi
+    import onnx
+
+    from ..io import get_metadata
+
+    recorded = get_metadata(onnx.load(str(model), load_external_data=False)).get("input_shape")
+    if not recorded:
+        raise UserInputError("the model has dynamic inputs and records no input shape: give --min-shape/--opt-shape/--max-shape")
+    opt = [int(v) for v in recorded.split(",")]
+    lo = [1] + opt[1:]
+    hi = [max(opt[0], 32)] + opt[1:]
+    return lo, opt, hi
+
+
+class TrtRunner(Runner):
+    """Runs a serialised plan: inputs copied to the GPU, executed on a stream, outputs copied back."""
+
+    def __init__(self, plan: Path):
+        trt = _import_trt()
+        gpu = gpu_identity()
+        side = sidecar_path(plan)
+        if not side.exists():
+            raise UserInputError(f"{plan} has no sidecar {side.name}: rebuild it with 'deploykit build --backend trt'")
+        check_plan_compatible(json.loads(side.read_text()), trt.__version__, gpu, plan)
+        import torch
+
+        self.torch = torch
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise BackendUnavailableError(f"TensorRT could not load {plan}: rebuild it with 'deploykit build --backend trt'")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if n not in self.input_names]
+        self.input_shapes = {n: tuple(self.engine.get_tensor_shape(n)) for n in self.input_names}
+        self.input_types = {n: "tensor(float16)" if self.engine.get_tensor_dtype(n) == trt.DataType.HALF
+                            else "tensor(float)" for n in self.input_names}
+        self._last: dict[str, float] = {}
+
+    def infer(self, feeds):
+        torch = self.torch
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        with torch.cuda.stream(self.stream):
+            events[0].record()
+            device_inputs = {n: torch.from_numpy(np.ascontiguousarray(feeds[n])).cuda(non_blocking=True)
+                             for n in self.input_names}
+            events[1].record()
+            for n, t in device_inputs.items():
+                self.context.set_input_shape(n, tuple(t.shape))
+                self.context.set_tensor_address(n, t.data_ptr())
+            outputs = {}
+            for n in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(n))
+                dtype = torch.float16 if "HALF" in str(self.engine.get_tensor_dtype(n)) else torch.float32
+                outputs[n] = torch.empty(shape, dtype=dtype, device="cuda")
+                self.context.set_tensor_address(n, outputs[n].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise BackendUnavailableError("TensorRT execution failed")
+            events[2].record()
+            host = [outputs[n].cpu() for n in self.output_names]
+            events[3].record()
+        self.stream.synchronize()
+        self._last = {"h2d_ms": events[0].elapsed_time(events[1]), "compute_ms": events[1].elapsed_time(events[2]),
+                      "d2h_ms": events[2].elapsed_time(events[3])}
+        return [h.numpy() for h in host]
+
+    def timings(self):
+        return dict(self._last)

@@ -1,0 +1,280 @@
+"""`deploykit bench`: throughput, latency and memory per model x backend x batch size.
+
+Each measurement runs in a fresh subprocess (deploykit._bench_worker). For every run it reports
+trtexec-style throughput and latency statistics (definitions in deploykit.stats), the warm-up time
+(session creation + first call), the artefact's size, the process's peak RSS above its baseline,
+the memory floor from `inspect` (weights + peak live activations x batch) next to it, and the
+achieved GFLOP/s against the machine's fp32 ceiling measured at the start.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import BackendUnavailableError, DeploykitError, UserInputError
+from .stats import summarize
+
+
+@dataclass
+class Target:
+    label: str            # what the user named
+    onnx: Path | None     # the ONNX model (for ort-* backends and accounting)
+    artefact: dict        # backend -> what its runner loads
+    input_shape: list[int] | None
+    macs: int | None = None
+    param_bytes: int | None = None
+    peak_activation_bytes: int | None = None
+
+
+@dataclass
+class Result:
+    model: str
+    backend: str
+    batch: int
+    stats: dict
+    warmup_s: float
+    size_bytes: int | None
+    peak_rss_bytes: int
+    baseline_rss_bytes: int
+    floor_bytes: int | None
+    gflops: float | None
+    ceiling_fraction: float | None
+    lean_memory: bool
+    latencies_ms: list[float] = field(default_factory=list)
+    device_split_ms: dict | None = None
+    device_peak_bytes: int | None = None
+
+    @property
+    def model_rss_bytes(self) -> int:
+        return self.peak_rss_bytes - self.baseline_rss_bytes
+
+
+@dataclass
+class BenchReport:
+    machine: dict
+    ceiling_gflops: float
+    results: list[Result]
+    warnings: list[str]
+    inputs_reused: bool = True
+
+    def to_dict(self) -> dict:
+        out = {"machine": self.machine, "ceiling_gflops": self.ceiling_gflops, "inputs_reused": self.inputs_reused,
+               "warnings": self.warnings, "results": []}
+        for r in self.results:
+            d = asdict(r)
+            d["model_rss_bytes"] = r.model_rss_bytes
+            out["results"].append(d)
+        return out
+
+
+def resolve_target(spec: str, workdir: Path) -> Target:
+    """A zoo name (exported here, with the torch baseline), an ONNX file, or a built artefact."""
+    from .zoo import zoo_entries
+
+    path = Path(spec)
+    if spec in zoo_entries():
+        from .export import export
+
+        onnx_path = workdir / f"{spec}.onnx"
+        result = export(spec, onnx_path)
+        return _with_accounting(Target(spec, onnx_path, {"torch": spec}, list(result.input_shape)))
+    if not path.exists():
+        raise UserInputError(f"{spec} is neither a zoo name nor a file: give an ONNX model, a built artefact or a zoo name")
+    if path.suffix == ".plan":
+        return Target(spec, None, {"trt": str(path)}, None)
+    from .io import get_metadata, load_model
+
+    proto = load_model(path, load_weights=False)
+    recorded = get_metadata(proto).get("input_shape")
+    shape = [int(v) for v in recorded.split(",")] if recorded else None
+    return _with_accounting(Target(spec, path, {}, shape))
+
+
+def _with_accounting(target: Target) -> Target:
+    from .inspect import inspect_model
+
+    try:
+        report = inspect_model(target.onnx, tuple(target.input_shape) if target.input_shape else None)
+        target.macs = report.totals.macs
+        target.param_bytes = report.totals.param_bytes
+        target.peak_activation_bytes = report.totals.peak_activation_bytes // max(1, (target.input_shape or [1])[0])
+    except DeploykitError:
+        pass  # e.g. an --ort-layout artefact: measured, but without the accounting columns
+    return target
+
+
+def _default_backends(target: Target) -> list[str]:
+    if "trt" in target.artefact:
+        return ["trt"]
+    return (["torch"] if "torch" in target.artefact else []) + ["ort-cpu"]
+
+
+def run_one(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "deploykit._bench_worker", json.dumps(spec)],
+                          capture_output=True, text=True)
+    lines = [l for l in proc.stdout.strip().splitlines() if l.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DeploykitError(f"benchmark of {spec['artefact']} on {spec['backend']} failed: {tail}")
+    data = json.loads(lines[-1])
+    if "error" in data:
+        raise DeploykitError(f"benchmark of {spec['artefact']} on {spec['backend']} failed: {data['error']}")
+    return data
+
+
+def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: int | None = None,
+          duration: float | None = None, threads: int | None = None, lean_memory: bool = False,
+          progress=None, measure_ceiling: bool = True) -> BenchReport:
+    """Measure every model x backend x batch; see the module docstring for what is reported."""
+    from .backends import get_backend
+    from .machine import describe, fp32_ceiling_gflops
+
+    machine = describe()
+    ceiling = fp32_ceiling_gflops(threads) if measure_ceiling else 0.0
+    results, warnings = [], []
+    with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
+        workdir = Path(tmp)
+        targets = [resolve_target(m, workdir) for m in models]
+        plan = []
+        for t in targets:
+            for name in (backends or _default_backends(t)):
+                backend = get_backend(name)
+                ok, why = backend.available()
+                if not ok:
+                    raise BackendUnavailableError(why)
+                if name == "torch" and "torch" not in t.artefact:
+                    warnings.append(f"{t.label}: the torch backend needs the source model (a zoo name); skipped")
+                    continue
+                artefact = t.artefact.get(name) or str(t.onnx)
+                if lean_memory and name.startswith("ort"):
+                    artefact = str(_external_weights(Path(artefact), workdir))
+                for batch in batches:
+                    plan.append((t, name, artefact, batch))
+        for i, (t, name, artefact, batch) in enumerate(plan):
+            if progress:
+                progress(i, len(plan), f"{t.label} / {name} / batch {batch}")
+            spec = {"artefact": artefact, "backend": name, "batch": batch, "warmup": warmup,
+                    "iterations": iterations, "duration": duration, "threads": threads,
+                    "input_shape": t.input_shape, "lean_memory": lean_memory}
+            raw = run_one(spec)
+            stats = summarize(raw["latencies_s"], raw["wall_s"], batch)
+            if stats.unstable:
+                warnings.append(f"{t.label} / {name} / batch {batch}: latency varies by {stats.cv:.1%} (CV > 5%): "
+                                "the machine is busy or throttling; rerun before trusting these figures")
+            size = None if name == "torch" else _size(Path(artefact))
+            floor = (t.param_bytes + t.peak_activation_bytes * batch) if t.param_bytes is not None else None
+            gflops = 2 * t.macs * stats.images_per_s / 1e9 if t.macs else None
+            results.append(Result(
+                t.label, name, batch, stats.to_dict(), raw["warmup_s"], size, raw["peak_rss_bytes"],
+                raw["baseline_rss_bytes"], floor, gflops, (gflops / ceiling) if gflops and ceiling else None,
+                lean_memory, [1e3 * v for v in raw["latencies_s"]], raw.get("device_split_ms"),
+                raw.get("device_peak_bytes")))
+        if progress:
+            progress(len(plan), len(plan), "done")
+    return BenchReport(machine, ceiling, results, warnings)
+
+
+def _size(path: Path) -> int:
+    size = path.stat().st_size
+    data = Path(str(path) + ".data")
+    return size + (data.stat().st_size if data.exists() else 0)
+
+
+def _external_weights(model: Path, workdir: Path) -> Path:
+    """The model with its weights in a side file, which ORT maps instead of copying (lean memory)."""
+    from .io import load_model, save_model
+
+    out = workdir / f"{model.stem}.lean.onnx"
+    if not out.exists():
+        save_model(load_model(model), out, external_weights=True)
+    return out
+
+
+# -- reports ---------------------------------------------------------------------------------------
+
+def _mib(n):
+    if n is None:
+        return "-"
+    return f"{n / 2**20:.1f}" if n < 10 * 2**20 else f"{n / 2**20:.0f}"
+
+
+def format_table(report: BenchReport) -> str:
+    head = ["model", "backend", "batch", "img/s", "qps", "mean", "median", "p90", "p95", "p99", "min", "CV",
+            "warm-up s", "size MiB", "RSS MiB", "floor MiB", "GFLOP/s", "% ceiling"]
+    rows = []
+    for r in report.results:
+        s = r.stats
+        rows.append([r.model, r.backend + (" lean" if r.lean_memory else ""), str(r.batch), f"{s['images_per_s']:.1f}",
+                     f"{s['qps']:.1f}", f"{s['mean_ms']:.2f}", f"{s['median_ms']:.2f}", f"{s['p90_ms']:.2f}",
+                     f"{s['p95_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['min_ms']:.2f}", f"{s['cv']:.1%}",
+                     f"{r.warmup_s:.2f}", _mib(r.size_bytes), _mib(r.model_rss_bytes), _mib(r.floor_bytes),
+                     f"{r.gflops:.0f}" if r.gflops else "-",
+                     f"{r.ceiling_fraction:.0%}" if r.ceiling_fraction else "-"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    m = report.machine
+    lines += ["", f"machine: {m['cpu']}, {m['cores']} cores, GPU: {m.get('gpu') or 'none'}; fp32 ceiling "
+              f"(ONNX Runtime MatMul): {report.ceiling_gflops:.0f} GFLOP/s",
+              "latency in ms; inputs are reused between iterations; RSS is the process's peak above its baseline "
+              "before loading the model; floor = weights + peak live activations x batch (from inspect)"]
+    lines += [f"warning: {w}" for w in report.warnings]
+    return "\n".join(lines)
+
+
+def format_markdown(report: BenchReport) -> str:
+    m = report.machine
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
+    out = ["# deploykit bench", "", f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m.get('gpu') or 'none'}; {libs}.",
+           f"fp32 ceiling measured with ONNX Runtime's MatMul: {report.ceiling_gflops:.0f} GFLOP/s. "
+           "Each measurement ran in a fresh process; inputs were reused between iterations.", "",
+           "| model | backend | batch | images/s | median ms | p99 ms | CV | peak RSS MiB | floor MiB | GFLOP/s | of ceiling |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report.results:
+        s = r.stats
+        out.append(f"| {r.model} | {r.backend}{' (lean)' if r.lean_memory else ''} | {r.batch} | {s['images_per_s']:.1f} | "
+                   f"{s['median_ms']:.2f} | {s['p99_ms']:.2f} | {s['cv']:.1%} | {_mib(r.model_rss_bytes)} | "
+                   f"{_mib(r.floor_bytes)} | {r.gflops or 0:.0f} | "
+                   f"{f'{r.ceiling_fraction:.0%}' if r.ceiling_fraction else '-'} |")
+    if report.warnings:
+        out += [""] + [f"- warning: {w}" for w in report.warnings]
+    return "\n".join(out) + "\n"
+
+
+def plot(report: BenchReport, path: Path) -> None:
+    """Throughput vs batch size per variant, and the latency distribution at the largest batch."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BackendUnavailableError("--plot needs matplotlib: pip install 'deploykit[plot]'") from None
+    from .io import atomic_path
+
+    variants: dict[str, list[Result]] = {}
+    for r in report.results:
+        variants.setdefault(f"{r.model} / {r.backend}", []).append(r)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, rs in variants.items():
+        rs = sorted(rs, key=lambda r: r.batch)
+        ax1.plot([r.batch for r in rs], [r.stats["images_per_s"] for r in rs], marker="o", label=name)
+    ax1.set_xlabel("batch size")
+    ax1.set_ylabel("images / s")
+    ax1.set_xscale("log", base=2)
+    ax1.set_title("throughput")
+    ax1.legend(fontsize=8)
+    largest = [max(rs, key=lambda r: r.batch) for rs in variants.values()]
+    ax2.boxplot([r.latencies_ms for r in largest], showfliers=True)
+    ax2.set_xticks(range(1, len(largest) + 1), [f"{r.model}\n{r.backend}\nbs{r.batch}" for r in largest], fontsize=7)
+    ax2.set_ylabel("latency (ms)")
+    ax2.set_title("latency distribution, largest batch")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,88 @@
+"""What machine a measurement ran on, and how fast it can multiply.
+
+The fp32 ceiling is measured with ONNX Runtime's own MatMul (MLAS), at the thread count the
+benchmarks use: numpy's BLAS can be built for, or set to, narrower vector units
+(OPENBLAS_CORETYPE) and understates the machine by up to 2x.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+META_CPU = "deploykit.ort_layout.cpu_flags"
+_RELEVANT = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vnni", "avx2", "fma", "amx_tile", "amx_int8")
+
+
+def cpu_flags() -> set[str]:
+    """The vector extensions of this CPU that ONNX Runtime's kernels choose between."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return {f for f in line.split(":", 1)[1].split() if f in _RELEVANT}
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe() -> dict:
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "libraries": {}}
+    for name in ("onnxruntime", "onnx", "numpy", "torch", "tensorrt"):
+        try:
+            module = __import__(name)
+            info["libraries"][name] = getattr(module, "__version__", "?")
+        except Exception:
+            continue
+    info["gpu"] = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
+    except Exception:
+        pass
+    return info
+
+
+def fp32_ceiling_gflops(threads: int | None = None, size: int = 1024, seconds: float = 1.0) -> float:
+    """GFLOP/s of an fp32 size x size x size MatMul in ONNX Runtime (median of runs for `seconds`)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.standard_normal((size, size)).astype(np.float32), "b")
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "ceiling",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])], [b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    for _ in range(3):
+        session.run(None, {"a": a})
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        t = time.perf_counter()
+        session.run(None, {"a": a})
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return 2 * size ** 3 / times[len(times) // 2] / 1e9

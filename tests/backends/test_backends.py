@@ -1,0 +1,117 @@
+"""Backends: cache keys, plan compatibility, clear errors for missing GPU packages, ort-cpu builds."""
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from deploykit import BackendUnavailableError, Engine
+from deploykit.backends import BuildOptions, cache_key, get_backend
+from deploykit.backends.trt import check_plan_compatible
+
+HAS_CUDA_EP = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+HAS_TRT_EP = "TensorrtExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def _has_tensorrt():
+    try:
+        import tensorrt  # noqa: F401
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+HAS_TRT = _has_tensorrt()
+
+
+def test_cache_key_changes_with_every_input_and_only_then():
+    base = dict(model_sha256="a" * 64, backend="trt", options=BuildOptions(fp16=True, opt_shape=(8, 3, 224, 224)),
+                environment={"tensorrt": "10.4", "gpu": "H100", "compute_capability": "9.0"})
+    key = cache_key(**base)
+    assert key == cache_key(**base)
+    variants = [dict(model_sha256="b" * 64), dict(backend="ort-trt"), dict(options=BuildOptions(int8=True, opt_shape=(8, 3, 224, 224))),
+                dict(options=BuildOptions(fp16=True, opt_shape=(16, 3, 224, 224))),
+                dict(environment={"tensorrt": "10.5", "gpu": "H100", "compute_capability": "9.0"}),
+                dict(environment={"tensorrt": "10.4", "gpu": "A100", "compute_capability": "8.0"})]
+    keys = {cache_key(**{**base, **v}) for v in variants}
+    assert key not in keys and len(keys) == len(variants)
+
+
+def test_plan_sidecar_check_names_what_differs(tmp_path):
+    plan = tmp_path / "m.plan"
+    built = {"tensorrt": "10.4.0", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
+    check_plan_compatible(built, "10.4.0", {"gpu": "NVIDIA H100", "compute_capability": "9.0"}, plan)
+    with pytest.raises(BackendUnavailableError, match=r"built with TensorRT 10\.4\.0, this machine has 10\.5\.1.*rebuild"):
+        check_plan_compatible(built, "10.5.1", {"gpu": "NVIDIA H100", "compute_capability": "9.0"}, plan)
+    with pytest.raises(BackendUnavailableError, match=r"built for NVIDIA H100 \(compute capability 9\.0\), this machine has NVIDIA A100 \(8\.0\)"):
+        check_plan_compatible(built, "10.4.0", {"gpu": "NVIDIA A100", "compute_capability": "8.0"}, plan)
+
+
+@pytest.mark.skipif(HAS_CUDA_EP, reason="this machine has the CUDA execution provider")
+@pytest.mark.parametrize("name", ["ort-cuda", "ort-trt"])
+def test_missing_gpu_packages_are_one_clear_line(cli, exported, name):
+    ok, why = get_backend(name).available()
+    assert not ok and why == f"{name} needs onnxruntime-gpu and a CUDA GPU: pip install 'deploykit[gpu]'"
+    path, _ = exported("digits")
+    result = cli("bench", path, "--backend", name)
+    assert result.code == 4
+    assert result.err.strip() == f"error: {why}"
+
+
+@pytest.mark.skipif(HAS_TRT, reason="this machine has TensorRT and a GPU")
+def test_missing_tensorrt_is_one_clear_line(cli, exported, tmp_path):
+    ok, why = get_backend("trt").available()
+    assert not ok and why.startswith("trt needs tensorrt and a CUDA GPU: pip install 'deploykit[gpu]'")
+    path, _ = exported("digits")
+    result = cli("build", path, "--backend", "trt", "-o", tmp_path / "m.plan")
+    assert result.code == 4 and "trt needs tensorrt" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_ort_cpu_build_is_cached_and_runs(cli, exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path / "cache"))
+    path, _ = exported("resnet18", (1, 3, 64, 64))
+    first = cli("build", path, "--backend", "ort-cpu", "-o", tmp_path / "a.onnx")
+    assert first.code == 0 and first.out.startswith("built ")
+    second = cli("build", path, "--backend", "ort-cpu", "-o", tmp_path / "b.onnx")
+    assert second.code == 0 and second.out.startswith("reused the cached engine")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    sidecar = json.loads((tmp_path / "a.onnx.json").read_text())
+    assert sidecar["backend"] == "ort-cpu" and sidecar["environment"]["onnxruntime"] == onnxruntime.__version__
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(Engine(tmp_path / "a.onnx")(x), Engine(path)(x), rtol=1e-4, atol=1e-5)
+
+
+def test_lean_memory_build_keeps_weights_in_a_side_file(cli, exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path / "cache"))
+    path, _ = exported("digits")
+    result = cli("build", path, "--backend", "ort-cpu", "--lean-memory", "-o", tmp_path / "lean.onnx")
+    assert result.code == 0, result.err
+    assert (tmp_path / "lean.onnx.data").stat().st_size > (tmp_path / "lean.onnx").stat().st_size
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(Engine(tmp_path / "lean.onnx", lean_memory=True)(x), Engine(path)(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_TRT, reason="needs tensorrt and a CUDA GPU (not on this machine)")
+def test_trt_plan_round_trip(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path / "cache"))
+    path, _ = exported("resnet18", (1, 3, 64, 64))
+    backend = get_backend("trt")
+    result = backend.build(path, tmp_path / "r18.plan", BuildOptions(fp16=False))
+    again = backend.build(path, tmp_path / "r18b.plan", BuildOptions(fp16=False))
+    assert not result.cached and again.cached
+    x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(Engine(tmp_path / "r18.plan")(x), Engine(path)(x), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.skipif(not HAS_TRT_EP, reason="needs onnxruntime-gpu with TensorRT and a CUDA GPU (not on this machine)")
+def test_ort_trt_runs_with_profiles(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path / "cache"))
+    path, _ = exported("resnet18", (1, 3, 64, 64))
+    options = BuildOptions(fp16=True, min_shape=(1, 3, 64, 64), opt_shape=(4, 3, 64, 64), max_shape=(8, 3, 64, 64))
+    with get_backend("ort-trt").runner(path, options) as runner:
+        y = runner.infer({"input": np.zeros((4, 3, 64, 64), np.float32)})[0]
+    assert y.shape == (4, 1000)

@@ -1,0 +1,81 @@
+"""deploykit bench: a real run on ort-cpu and torch at two batch sizes, its JSON, and process isolation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from deploykit._bench_worker import peak_rss
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory):
+    from deploykit.cli import main
+
+    out = tmp_path_factory.mktemp("bench")
+    args = ["bench", "digits", "--backend", "ort-cpu", "--backend", "torch", "--batch", "1,4", "--warmup", "3",
+            "--iterations", "30", "--json", str(out / "b.json"), "--markdown", str(out / "b.md"),
+            "--plot", str(out / "b.png")]
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert exc.code == 0
+    return out
+
+
+def test_json_schema_and_consistency(bench_json):
+    data = json.loads((bench_json / "b.json").read_text())
+    assert {"machine", "ceiling_gflops", "results", "warnings", "inputs_reused"} <= set(data)
+    assert data["machine"]["cores"] >= 1 and "onnxruntime" in data["machine"]["libraries"]
+    assert data["ceiling_gflops"] > 0 and data["inputs_reused"] is True
+    combos = {(r["backend"], r["batch"]) for r in data["results"]}
+    assert combos == {("ort-cpu", 1), ("ort-cpu", 4), ("torch", 1), ("torch", 4)}
+    for r in data["results"]:
+        s = r["stats"]
+        assert len(r["latencies_ms"]) == s["queries"] == 30
+        for key in ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms", "images_per_s", "qps", "wall_s"):
+            assert s[key] > 0, key
+        assert s["min_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"] <= max(r["latencies_ms"]) + 1e-9
+        # Throughput from the wall clock agrees with batch / mean latency (the loop adds only a little).
+        assert s["images_per_s"] == pytest.approx(r["batch"] * 1e3 / s["mean_ms"], rel=0.25)
+        assert s["images_per_s"] == pytest.approx(s["qps"] * r["batch"])
+        assert r["warmup_s"] > 0 and r["peak_rss_bytes"] > r["baseline_rss_bytes"] > 0
+        assert r["gflops"] > 0 and r["floor_bytes"] > 0
+        if r["backend"] == "ort-cpu":
+            assert r["size_bytes"] > 0
+
+
+def test_markdown_and_plot_written(bench_json):
+    md = (bench_json / "b.md").read_text()
+    assert "| digits | ort-cpu | 4 |" in md and "fp32 ceiling" in md
+    png = (bench_json / "b.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_each_measurement_runs_in_its_own_process():
+    """A worker's memory figures must not include its parent's: hold 400 MB here and measure a tiny model."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(400 * 2**20 // 8)  # noqa: F841  (kept alive on purpose)
+    assert peak_rss() > 400 * 2**20
+    from deploykit import export
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "d.onnx")
+        export("digits", path)
+        spec = {"artefact": path, "backend": "ort-cpu", "batch": 2, "warmup": 1, "iterations": 5,
+                "input_shape": [1, 1, 8, 8]}
+        out = subprocess.run([sys.executable, "-m", "deploykit._bench_worker", json.dumps(spec)],
+                             capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
+    assert result["peak_rss_bytes"] < 300 * 2**20
+    assert result["peak_rss_bytes"] - result["baseline_rss_bytes"] < 100 * 2**20
+
+
+def test_bad_batch_is_one_line(cli):
+    result = cli("bench", "digits", "--batch", "1,x")
+    assert result.code == 2 and result.err.startswith("error: bad --batch")
