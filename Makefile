@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# On a machine with a CUDA GPU: installs the gpu extra (onnxruntime-gpu, tensorrt) first.
+bench-gpu: $(STAMP)
+	$(PIP) install --quiet -e '.[gpu]'
+	$(PY) bench/run.py --gpu
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

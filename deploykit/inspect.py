@@ -260,6 +260,9 @@ def _account(graph, model_name, input_shapes) -> Report:
         allocate(v, _bytes(v, n))
     peak = live
 
+    # Values computed only from constants (QDQ's DequantizeLinear on weights, shape arithmetic) are
+    # constants too: a runtime folds or fuses them, so they hold no activation memory.
+    constant_values: set[int] = set()
     layers, seen_params = [], set()
     param_total = param_bytes_total = mac_total = 0
     warnings = []
@@ -277,6 +280,15 @@ def _account(graph, model_name, input_shapes) -> Report:
         mac_total += macs
         warnings += _geometry_warnings(node, name)
 
+        if node.inputs and all(v is None or v.const_value is not None or id(v) in constant_values for v in node.inputs):
+            for out in node.outputs:
+                if out is not None:
+                    constant_values.add(id(out))
+            first_out = node.outputs[0]
+            n = _numel(_concrete(first_out)) if first_out.shape is not None else 0
+            layers.append(Layer(name, node.op_type, _concrete(first_out) if first_out.shape is not None else [],
+                                params, macs, n, _bytes(first_out, n), True))
+            continue
         first_in = node.inputs[0] if node.inputs else None
         in_buf = buffer_of.get(id(first_in)) if first_in is not None else None
         aliases = in_buf is not None and (
@@ -302,7 +314,7 @@ def _account(graph, model_name, input_shapes) -> Report:
             activation_bytes += out_bytes
         peak = max(peak, live)
         for v in node.inputs:
-            if v is not None and id(v) in buffer_of:
+            if v is not None and id(v) in buffer_of and id(v) not in constant_values:
                 release(buffer_of[id(v)])
         for out in node.outputs:  # outputs nobody reads are freed at once
             bid = buffer_of.get(id(out)) if out is not None else None

@@ -63,8 +63,12 @@ class _Layer:
 
     def error(self, r) -> float:
         """Relative Frobenius error of the rank-r approximation (on the data when whitened)."""
-        total = float(np.sum(self.s ** 2))
-        return math.sqrt(float(np.sum(self.s[r:] ** 2)) / total) if total > 0 else 0.0
+        if getattr(self, "_tail", None) is None:
+            energy = self.s.astype(np.float64) ** 2
+            # tail[r] = energy discarded at rank r; computed once, the budget search asks thousands of times.
+            self._tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])
+        total = self._tail[0]
+        return math.sqrt(self._tail[r] / total) if total > 0 else 0.0
 
     def max_useful_rank(self) -> int:
         return min(len(self.s), self.cin)

@@ -97,3 +97,16 @@ def test_hand_built_conv_chain_quantizes_every_conv(tmp_path, seed):
     want = ort_run(proto, {"x": x})[0]
     got = ort_run(onnx.load(str(tmp_path / "q.onnx")), {"x": x})[0]
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_inspect_counts_quantized_weights_as_weights_not_activations(exported, tmp_path):
+    from deploykit.inspect import inspect_model
+
+    path, _ = exported("digits")
+    out = tmp_path / "q.onnx"
+    optimize_model(path, out, int8=True, calibration="digits")
+    fp32, int8 = inspect_model(path).totals, inspect_model(out).totals
+    assert int8.param_bytes < fp32.param_bytes / 3  # int8 weights plus per-channel scales
+    # DequantizeLinear on a weight is folded into QLinearConv at run time: it holds no activation memory.
+    assert int8.peak_activation_bytes <= 1.5 * fp32.peak_activation_bytes
+    assert int8.macs == fp32.macs
