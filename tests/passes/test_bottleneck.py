@@ -147,3 +147,18 @@ def test_data_aware_fit_beats_weights_only_on_real_activations(exported):
         BottleneckPass("ratio", 0.25, calibration=calibration)(model)
         errors[calibration] = np.abs(ort_run(model, {"input": x_test})[0] - reference).max()
     assert errors["digits"] < errors[None]
+
+
+def test_one_by_one_convs_only_when_named():
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="pointwise"),
+             helper.make_node("Conv", ["a", "w2"], ["y"], name="spatial", kernel_shape=[3, 3], pads=[1] * 4)]
+    proto = make_model(nodes, [tensor_info("x", [1, 64, 8, 8])], [tensor_info("y", [1, 64, 8, 8])],
+                       [("w1", rng.standard_normal((64, 64, 1, 1)).astype(np.float32)),
+                        ("w2", rng.standard_normal((64, 64, 3, 3)).astype(np.float32))])
+    p = BottleneckPass("ratio", 0.25)
+    p(to_ir(proto))
+    assert list(p.chosen) == ["spatial"]
+    named = BottleneckPass("ratio", 0.25, layers=["pointwise", "spatial"])
+    named(to_ir(proto))
+    assert sorted(named.chosen) == ["pointwise", "spatial"]
