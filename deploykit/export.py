@@ -15,7 +15,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from . import io
 from ._version import __version__
@@ -240,6 +239,3 @@ def _parity(path, module, x, reference, output_names) -> list[Deviation]:
     got = run_onnx_cpu(str(path), {"input": x.numpy()})
     return compare(output_names, reference, got)
 
-
-def random_input(shape, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

@@ -57,15 +57,6 @@ def ints(node: ir.Node, name: str, default):
     return list(default) if value is None else list(value)
 
 
-def conv_attributes(node: ir.Node) -> dict:
-    """A Conv node's attributes as plain Python values, for building a replacement node."""
-    return {a.name: a.value for a in node.attributes.values()}
-
-
-def unique_name(graph: ir.Graph, hint: str) -> str:
-    return f"{hint}_{next(_counter)}"
-
-
 def nodes_of(model: ir.Model, op_type: str, domain: str = "") -> list[ir.Node]:
     """Every node of that type, subgraphs included, snapshotted so passes can rewrite while iterating."""
     return [n for n in ir.traversal.RecursiveGraphIterator(model.graph)
