@@ -20,7 +20,9 @@ __all__ = [
 ]
 
 
-_LAZY = {"export": ".export", "inspect_model": ".inspect", "load_model": ".zoo", "optimize_model": ".optimize"}
+# The module is exporter.py, not export.py: a submodule named like a public function would replace
+# the function on the package as soon as anything imported it.
+_LAZY = {"export": ".exporter", "inspect_model": ".inspect", "load_model": ".zoo", "optimize_model": ".optimize"}
 
 
 def __getattr__(name):
@@ -30,6 +32,5 @@ def __getattr__(name):
     import importlib
 
     value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    # Importing deploykit.export binds the *module* to deploykit.export; the function must win.
     globals()[name] = value
     return value

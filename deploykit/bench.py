@@ -78,7 +78,7 @@ def resolve_target(spec: str, workdir: Path) -> Target:
 
     path = Path(spec)
     if spec in zoo_entries():
-        from .export import export
+        from .exporter import export
 
         onnx_path = workdir / f"{spec}.onnx"
         result = export(spec, onnx_path)

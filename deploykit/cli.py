@@ -15,19 +15,21 @@ import click
 from .errors import DeploykitError, UserInputError
 
 
+def _shape_value(ctx, param, value):
+    """click callback: parse a shape option, reporting a bad one as click's own usage error."""
+    if value is None:
+        return None
+    from .shapes import parse_shape
+
+    try:
+        return parse_shape(value)
+    except UserInputError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _shape_option(required=False, help_text="input shape, e.g. 1,3,224,224"):
-    def callback(ctx, param, value):
-        if value is None:
-            return None
-        from .shapes import parse_shape
-
-        try:
-            return parse_shape(value)
-        except UserInputError as exc:
-            raise click.BadParameter(str(exc)) from None
-
     return click.option("--input-shape", "input_shape", default=None, required=required,
-                        callback=callback, help=help_text)
+                        callback=_shape_value, help=help_text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,7 +69,7 @@ def zoo(as_json):
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def export(model, output, weights, input_shape, dynamic_batch, dynamic_spatial, opset, tolerance, exporter, as_json):
     """Export MODEL (zoo name, file.py:factory, or TorchScript/torch.export archive) to ONNX, proven in ONNX Runtime."""
-    from .export import export as do_export
+    from .exporter import export as do_export
 
     result = do_export(model, output, weights=weights, input_shape=input_shape, dynamic_batch=dynamic_batch,
                        dynamic_spatial=dynamic_spatial, opset=opset, tolerance=tolerance, exporter=exporter)
@@ -223,17 +225,6 @@ def _original_from(model):
     if any(p.key.startswith("deploykit.fc_to_conv") for p in proto.metadata_props):
         raise UserInputError("--check needs the original (unconverted) model, to evaluate its crops")
     return proto
-
-
-def _shape_value(ctx, param, value):
-    if value is None:
-        return None
-    from .shapes import parse_shape
-
-    try:
-        return parse_shape(value)
-    except UserInputError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 @cli.command()

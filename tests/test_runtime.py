@@ -99,3 +99,11 @@ def test_engine_rejects_bad_files(tmp_path):
 def test_importing_engine_does_not_import_torch():
     code = "import sys, deploykit; from deploykit import Engine; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_functions_survive_submodule_imports():
+    """`from deploykit import export` must be the function even after every submodule was imported."""
+    code = ("import deploykit.cli, deploykit.exporter, deploykit.inspect, deploykit.optimize, deploykit.zoo\n"
+            "from deploykit import export, inspect_model, optimize_model, load_model\n"
+            "assert all(callable(f) for f in (export, inspect_model, optimize_model, load_model))")
+    subprocess.run([sys.executable, "-c", code], check=True)
