@@ -75,7 +75,7 @@ def measure(variants: dict, accounting: dict, batch: int, args, lean_extra=None)
     for _ in range(args.rounds):
         for label, (backend, artefact, *_) in items:
             spec = {"artefact": artefact, "backend": backend, "batch": batch, "warmup": 3,
-                    "duration": args.duration, "input_shape": accounting[label if label in accounting else "ORT raw export"]["shape"],
+                    "duration": args.duration, "input_shape": accounting[label]["shape"],
                     "lean_memory": label.endswith("(lean memory)")}
             raw = run_one(spec)
             m = merged.setdefault(label, {"latencies_s": [], "wall_s": 0.0, "peak": 0, "base": raw["baseline_rss_bytes"],

@@ -36,7 +36,7 @@ def measure(spec: dict) -> dict:
     import onnxruntime  # noqa: F401
 
     from deploykit.backends import BuildOptions, get_backend
-    from deploykit.backends.ort import random_feeds
+    from deploykit.backends.base import random_feeds
 
     if spec["backend"] == "torch":
         import torch  # noqa: F401

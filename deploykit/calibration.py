@@ -84,16 +84,16 @@ def layer_inputs(model, value_names: list[str], data: np.ndarray, batch: int = 3
     """Run the model on `data` and return the named intermediate tensors."""
     import onnx
     import onnx_ir as ir
-    import onnxruntime as ort
+
+    from .verify import cpu_session
 
     proto = ir.to_proto(model)
     existing = {o.name for o in proto.graph.output}
     for name in value_names:
         if name not in existing:
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    # No graph optimisation: fusions would make the intermediate tensors asked for disappear.
+    session = cpu_session(proto, optimization="disable")
     input_name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
     batch = fixed if isinstance(fixed, int) else batch

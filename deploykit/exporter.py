@@ -82,6 +82,8 @@ def export(model: str | object, output: str | Path, *, weights: str | None = Non
     (and on a second batch size when the batch is dynamic). If the max relative error exceeds
     `tolerance`, VerificationError is raised and nothing is written.
     """
+    import onnx
+
     torch = require_torch()
     if exporter not in EXPORTERS:
         raise UserInputError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
@@ -122,7 +124,9 @@ def export(model: str | object, output: str | Path, *, weights: str | None = Non
     with io.atomic_path(out) as tmp:
         _run_exporter(torch, module, example, tmp, output_names, dynamic_axes, opset, exporter)
         seconds = time.perf_counter() - start
-        _inline_initializer_identities(tmp)
+        proto = io.load_model(tmp)  # loaded once: tidied and saved here, stamped with provenance below
+        if _inline_initializer_identities(proto):
+            onnx.save_model(proto, str(tmp))
         _check_structure(tmp)
         checks = [ParityCheck(shape, _parity(tmp, module, example, reference, output_names))]
         if dynamic_batch:
@@ -136,7 +140,6 @@ def export(model: str | object, output: str | Path, *, weights: str | None = Non
                 f"export of {source} does not match PyTorch at input {format_shape(bad.input_shape)}: "
                 f"{worst(bad.deviations).describe()} exceeds tolerance {tolerance:g}; nothing was written"
             )
-        proto = io.load_model(tmp)
         io.set_metadata(proto, {
             "source": source, "input_shape": ",".join(map(str, shape)), "version": __version__,
             "exporter": exporter, "parity_max_abs": f"{result.max_abs:.3e}",
@@ -144,8 +147,6 @@ def export(model: str | object, output: str | Path, *, weights: str | None = Non
         })
         proto.producer_name = "deploykit"
         proto.producer_version = __version__
-        import onnx
-
         onnx.save_model(proto, str(tmp))
     return result
 
@@ -195,16 +196,13 @@ def _run_exporter(torch, module, example, path, output_names, dynamic_axes, opse
                              f"{'dynamo' if exporter == 'torchscript' else 'torchscript'}, or --debug for details)") from exc
 
 
-def _inline_initializer_identities(path: Path) -> None:
+def _inline_initializer_identities(proto) -> bool:
     """Point consumers straight at initializers the exporter routed through Identity nodes.
 
     The TorchScript exporter deduplicates equal weights (e.g. the zero biases left by folding
     freshly initialised BatchNorms) and re-creates each copy as Identity(initializer): weight
     plumbing that would otherwise run on every inference.
     """
-    import onnx
-
-    proto = onnx.load(str(path))
     graph = proto.graph
     initializers = {t.name for t in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
@@ -216,14 +214,14 @@ def _inline_initializer_identities(path: Path) -> None:
         else:
             keep.append(node)
     if not alias:
-        return
+        return False
     for node in keep:
         for i, name in enumerate(node.input):
             if name in alias:
                 node.input[i] = alias[name]
     del graph.node[:]
     graph.node.extend(keep)
-    onnx.save_model(proto, str(path))
+    return True
 
 
 def _check_structure(path: Path) -> None:

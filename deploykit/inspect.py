@@ -145,8 +145,7 @@ def _weightless_copy(proto):
 
 
 def _resolve_input_shapes(proto, given, model_name) -> dict[str, list[int]]:
-    initializer_names = {t.name for t in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializer_names]
+    inputs = io.graph_inputs(proto)
     recorded = io.get_metadata(proto).get("input_shape")
     shapes = {}
     for idx, inp in enumerate(inputs):

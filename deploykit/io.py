@@ -92,6 +92,12 @@ def save_model(model, path: str | os.PathLike, external_weights: bool = False) -
     return out
 
 
+def graph_inputs(proto) -> list:
+    """The model's real inputs: graph inputs that are not initializers (old exporters list weights as inputs)."""
+    initializer_names = {t.name for t in proto.graph.initializer}
+    return [i for i in proto.graph.input if i.name not in initializer_names]
+
+
 def get_metadata(model) -> dict[str, str]:
     """deploykit's provenance entries from metadata_props, without the prefix."""
     return {

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import io
 from .errors import UserInputError, VerificationError
-from .verify import compare, worst
+from .verify import compare, cpu_session, worst
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -61,9 +61,7 @@ class _Evaluator:
     """Runs a model on fixed inputs and compares it with the input model's outputs."""
 
     def __init__(self, proto, input_shape, seed=0):
-        from .runtime import Engine  # noqa: F401  (ensures onnxruntime is importable)
-
-        self.input_name = _first_input(proto).name
+        self.input_name = io.graph_inputs(proto)[0].name
         rng = np.random.default_rng(seed)
         self.feeds = {self.input_name: rng.standard_normal(input_shape).astype(np.float32)}
         self.labels = None
@@ -83,11 +81,7 @@ class _Evaluator:
         self.reference_pred = self.reference_logits.argmax(1) if self.digits is not None else None
 
     def _session(self, proto):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return cpu_session(proto)
 
     def _run(self, proto, session=None):
         session = session or self._session(proto)
@@ -123,11 +117,6 @@ class _Evaluator:
         return None if self.reference_pred is None else float((self.reference_pred == self.labels).mean())
 
 
-def _first_input(proto):
-    initializer_names = {t.name for t in proto.graph.initializer}
-    return next(i for i in proto.graph.input if i.name not in initializer_names)
-
-
 def _input_dtype(session):
     return np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
 
@@ -145,7 +134,7 @@ def recorded_input_shape(proto, given=None) -> list[int]:
     recorded = io.get_metadata(proto).get("input_shape")
     if recorded:
         return [int(v) for v in recorded.split(",")]
-    dims = _first_input(proto).type.tensor_type.shape.dim
+    dims = io.graph_inputs(proto)[0].type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if None in static:
         raise UserInputError("the model records no input shape and its input is dynamic: give --input-shape")

@@ -94,13 +94,10 @@ def crops(image: np.ndarray, window: tuple[int, int], stride: int) -> np.ndarray
 
 
 def crop_session(model):
-    """An ONNX Runtime CPU session for a model path or ModelProto."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session for a model path or ModelProto (the path checked for a readable model)."""
+    from .verify import cpu_session
 
-    proto = model if not isinstance(model, (str, Path)) else io.load_model(model)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return cpu_session(io.load_model(model) if isinstance(model, (str, Path)) else model)
 
 
 def evaluate_crops(original_model, image: np.ndarray, window: tuple[int, int], stride: int,

@@ -54,6 +54,19 @@ def worst(deviations: list[Deviation]) -> Deviation:
     return max(deviations, key=lambda d: d.max_rel)
 
 
+def cpu_session(model, optimization: str = "all"):
+    """A quiet ONNX Runtime CPU session for a model path or an in-memory ModelProto."""
+    import onnxruntime as ort
+
+    from .runtime import _OPT_LEVELS
+
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[optimization])
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
 def run_onnx_cpu(model_path: str, feeds: dict[str, np.ndarray], optimization: str = "all") -> list[np.ndarray]:
     """Run a model once in a fresh ONNX Runtime CPU session."""
     from .runtime import Engine

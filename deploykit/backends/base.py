@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, UserInputError
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,25 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("DEPLOYKIT_CACHE", Path.home() / ".cache" / "deploykit"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+
+def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for every input of a runner: dynamic dims from `fallback_shape`, batch first."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name in runner.input_names:
+        declared = list(runner.input_shapes[name])
+        shape = []
+        for i, d in enumerate(declared):
+            if i == 0:
+                shape.append(batch)
+            elif isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif fallback_shape is not None:
+                shape.append(int(fallback_shape[i]))
+            else:
+                raise UserInputError(f"input {name!r} has a dynamic dimension {i}: give the model's input shape")
+        dtype = np.float16 if "float16" in runner.input_types.get(name, "") else np.float32
+        feeds[name] = rng.standard_normal(shape).astype(dtype)
+    return feeds

@@ -16,14 +16,11 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import BackendUnavailableError, UserInputError
 from .base import Backend, BuildOptions, BuildResult, Runner, cache_dir, cache_key, file_sha256
 
 _PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
               "ort-trt": "TensorrtExecutionProvider"}
-
 
 class OrtBackend(Backend):
     def __init__(self, name: str):
@@ -105,7 +102,6 @@ class OrtBackend(Backend):
         self.check_available()
         return OrtRunner(artefact, self, options or BuildOptions(), threads)
 
-
 class OrtRunner(Runner):
     def __init__(self, artefact: Path, backend: OrtBackend, options: BuildOptions, threads: int | None):
         from ..runtime import Engine
@@ -123,34 +119,12 @@ class OrtRunner(Runner):
     def infer(self, feeds):
         return self.engine.run(feeds)
 
-
 def _input_name(model: Path) -> str:
     import onnx
 
-    proto = onnx.load(str(model), load_external_data=False)
-    inits = {t.name for t in proto.graph.initializer}
-    names = [i.name for i in proto.graph.input if i.name not in inits]
-    if not names:
+    from ..io import graph_inputs
+
+    inputs = graph_inputs(onnx.load(str(model), load_external_data=False))
+    if not inputs:
         raise UserInputError(f"{model} has no inputs")
-    return names[0]
-
-
-def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every input of a runner: dynamic dims from `fallback_shape`, batch first."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for name in runner.input_names:
-        declared = list(runner.input_shapes[name])
-        shape = []
-        for i, d in enumerate(declared):
-            if i == 0:
-                shape.append(batch)
-            elif isinstance(d, int) and d > 0:
-                shape.append(d)
-            elif fallback_shape is not None:
-                shape.append(int(fallback_shape[i]))
-            else:
-                raise UserInputError(f"input {name!r} has a dynamic dimension {i}: give the model's input shape")
-        dtype = np.float16 if "float16" in runner.input_types.get(name, "") else np.float32
-        feeds[name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
+    return inputs[0].name

@@ -54,7 +54,7 @@ class Float16Pass(GraphPass):
         half_ids = {id(n) for n in half_nodes}
         casts: dict[tuple[int, ir.DataType], ir.Value] = {}
 
-        def cast(value: ir.Value, to: ir.DataType, before: ir.Node) -> ir.Value:
+        def cast(value: ir.Value, to: ir.DataType) -> ir.Value:
             key = (id(value), to)
             if key not in casts:
                 node = ir.node("Cast", [value], {"to": to}, name=f"{value.name}_to_{to.name.lower()}")
@@ -85,16 +85,14 @@ class Float16Pass(GraphPass):
             converted_consts += 1
 
         # Then every edge between the two precisions gets one shared Cast.
-        for node in list(graph):
-            if node.op_type == "Cast" and node.name.endswith(("_to_float16", "_to_float")):
-                continue
+        for node in list(graph):  # a snapshot: the Casts inserted below are not revisited
             want = HALF if id(node) in half_ids else FLOAT
             for idx, value in enumerate(node.inputs):
                 if value is None or value.dtype not in (FLOAT, HALF):
                     continue
                 target = FLOAT if (node.op_type, idx) in FLOAT32_ONLY_INPUTS else want
                 if value.dtype != target and not (value.const_value is not None and value.dtype == target):
-                    node.replace_input_with(idx, cast(value, target, node))
+                    node.replace_input_with(idx, cast(value, target))
             if id(node) in half_ids:
                 for out in node.outputs:
                     if out is not None and out.dtype == FLOAT:
@@ -113,7 +111,7 @@ class Float16Pass(GraphPass):
                             replace_value(reader.outputs[0], inp)
                             graph.remove(reader, safe=True)
                         elif id(reader) not in half_ids:
-                            reader.replace_input_with(idx, cast(inp, FLOAT, reader))
+                            reader.replace_input_with(idx, cast(inp, FLOAT))
             for out in list(graph.outputs):
                 if out.dtype == FLOAT:
                     _cast_graph_output(graph, out, HALF)

@@ -57,10 +57,12 @@ class QuantizeInt8Pass(RebuildPass):
         fixed_batch = expected[0] if expected is not None and isinstance(expected[0], int) else None
         step = fixed_batch or 8
 
+        # A fixed batch dimension takes only whole batches; a dynamic one takes the remainder too.
+        stop = len(data) - len(data) % step if fixed_batch else len(data)
+
         class Reader(CalibrationDataReader):
             def __init__(self):
-                self._batches = iter([data[i:i + step] for i in range(0, len(data) - (len(data) % step if fixed_batch else 0), step)]
-                                     if fixed_batch else [data[i:i + step] for i in range(0, len(data), step)])
+                self._batches = iter([data[i:i + step] for i in range(0, stop, step)])
 
             def get_next(self):
                 batch = next(self._batches, None)
