@@ -27,6 +27,7 @@ class Target:
     artefact: dict        # backend -> what its runner loads
     input_shape: list[int] | None
     macs: int | None = None
+    fixed_batch: int | None = None  # the batch size a static-batch model accepts
     param_bytes: int | None = None
     peak_activation_bytes: int | None = None
 
@@ -89,10 +90,15 @@ def resolve_target(spec: str, workdir: Path) -> Target:
         return Target(spec, None, {"trt": str(path)}, None)
     from .io import get_metadata, load_model
 
+    from .signature import read_signature
+
     proto = load_model(path, load_weights=False)
-    recorded = get_metadata(proto).get("input_shape")
-    shape = [int(v) for v in recorded.split(",")] if recorded else None
-    return _with_accounting(Target(spec, path, {}, shape))
+    signature = read_signature(proto)
+    recorded = signature.recorded.get(signature.input_names[0]) if signature.inputs else None
+    first = signature.inputs[0].dims if signature.inputs else None
+    fixed = first[0] if first and isinstance(first[0], int) else None
+    target = Target(spec, path, {}, list(recorded) if recorded else None, fixed_batch=fixed)
+    return _with_accounting(target)
 
 
 def _with_accounting(target: Target) -> Target:
@@ -148,13 +154,21 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
                 if not ok:
                     raise BackendUnavailableError(why)
                 if name == "torch" and "torch" not in t.artefact:
-                    warnings.append(f"{t.label}: the torch backend needs the source model (a zoo name); skipped")
-                    continue
+                    raise UserInputError(f"--backend torch runs the PyTorch source model, and {t.label} is not one: "
+                                         "give a zoo name, or benchmark the ONNX file with --backend ort-cpu")
                 artefact = t.artefact.get(name) or str(t.onnx)
                 if lean_memory and name.startswith("ort"):
                     artefact = str(_external_weights(Path(artefact), workdir))
-                for batch in batches:
+                takes = [b for b in batches if t.fixed_batch is None or b == t.fixed_batch]
+                skipped = [b for b in batches if b not in takes]
+                if skipped:
+                    warnings.append(f"{t.label}: its batch is fixed at {t.fixed_batch}; skipped batch "
+                                    f"{', '.join(map(str, skipped))} (re-export with --dynamic-batch to measure them)")
+                for batch in takes:
                     plan.append((t, name, artefact, batch))
+        if not plan:
+            raise UserInputError(f"nothing to measure: no model takes batch {', '.join(map(str, batches))}; "
+                                 "give --batch with a size the model accepts")
         for i, (t, name, artefact, batch) in enumerate(plan):
             if progress:
                 progress(i, len(plan), f"{t.label} / {name} / batch {batch}")

@@ -33,22 +33,42 @@ def load_calibration(spec, model=None, input_shape=None) -> np.ndarray:
                                  "file or 'digits'")
         if path.is_dir():
             data = _images(path, _target_shape(model, input_shape))
-        elif path.suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                key = next((k for k in ("x", "images") if k in z.files), z.files[0] if z.files else None)
-                if key is None:
-                    raise UserInputError(f"{path} holds no arrays")
-                data = z[key]
+        elif path.suffix in (".npy", ".npz"):
+            data = _read_array(path)
         else:
             raise UserInputError(f"calibration data {path}: expected a folder of images, .npy or .npz")
-    data = np.asarray(data, dtype=np.float32)
+    data = np.asarray(data)
+    if data.dtype.kind not in "fiub":
+        raise UserInputError(f"calibration data holds {data.dtype} values: give numeric (N, C, H, W) images")
+    data = data.astype(np.float32)
     if data.ndim == 3:
         data = data[:, None]
-    if data.ndim != 4 or len(data) == 0:
-        raise UserInputError(f"calibration data must be (N, C, H, W) images; got shape {data.shape}")
-    return data[:MAX_SAMPLES]
+    if data.ndim != 4 or data.size == 0:
+        raise UserInputError(f"calibration data must be (N, C, H, W) images with at least one sample; "
+                             f"got shape {data.shape}")
+    data = data[:MAX_SAMPLES]
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).reshape(len(data), -1).any(1).sum())
+        raise UserInputError(f"calibration data has NaN or infinite values in {bad} of {len(data)} samples: "
+                             "clean them before calibrating")
+    return data
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """The array of an .npy file, or of an .npz file ('x', else 'images', else its first)."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            key = next((k for k in ("x", "images") if k in z.files), z.files[0] if z.files else None)
+            if key is None:
+                raise UserInputError(f"{path} holds no arrays: save the samples with np.savez(path, x=samples)")
+            return z[key]
+    except UserInputError:
+        raise
+    except (EOFError, ValueError, OSError, KeyError) as exc:  # empty, truncated or not numpy at all
+        raise UserInputError(f"cannot read {path} as {path.suffix} data ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no data'}); save it with numpy") from exc
 
 
 def _target_shape(model, input_shape):

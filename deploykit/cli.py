@@ -8,11 +8,28 @@ non-zero; `--debug` (anywhere on the command line) shows the traceback instead.
 from __future__ import annotations
 
 import json
+import math
+import signal
 import sys
 
 import click
 
 from .errors import DeploykitError, UserInputError
+
+# Backend names, from one place (deploykit.backends keeps its imports lazy, so this is cheap).
+from .backends import BACKENDS as BENCH_BACKENDS  # noqa: E402
+
+BUILD_BACKENDS = tuple(b for b in BENCH_BACKENDS if b != "torch")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf: `--tolerance nan` would switch a check off."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def _shape_value(ctx, param, value):
@@ -27,27 +44,52 @@ def _shape_value(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
-def _shape_option(required=False, help_text="input shape, e.g. 1,3,224,224"):
-    return click.option("--input-shape", "input_shape", default=None, required=required,
-                        callback=_shape_value, help=help_text)
+def _named_shapes_value(ctx, param, values):
+    """click callback: repeated --input-shape [NAME:]1,3,224,224 -> {name or None: shape} (None when absent)."""
+    from .signature import parse_shape_options
+
+    try:
+        return parse_shape_options(values)
+    except UserInputError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="show the Python traceback of any error")
+def _shape_option(help_text="input shape, e.g. 1,3,224,224"):
+    return click.option("--input-shape", "input_shape", multiple=True, callback=_named_shapes_value,
+                        help=help_text + "; NAME:1,3,224,224 for one input of several (repeatable)")
+
+
+def _json_option(what="the result"):
+    return click.option("--json", "as_json", is_flag=True, help=f"print {what} as one JSON document on stdout")
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _write_report(path, text: str, inputs=()) -> None:
+    from .io import atomic_path
+
+    with atomic_path(path, inputs) as tmp:
+        tmp.write_text(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--debug", is_flag=True, help="show the Python traceback of any error (allowed anywhere on the line)")
 @click.version_option(package_name="deploykit")
 def cli(debug):
     """Take a trained PyTorch CNN to a fast, verified inference artefact."""
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@_json_option("the zoo")
 def zoo(as_json):
     """List the reference models with their input shape, parameters and MACs."""
     from .zoo import describe_zoo
 
     rows = describe_zoo()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        _echo_json(rows)
         return
     click.echo(f"{'name':<12} {'input':<14} {'params':>13} {'MACs':>16}  description")
     for r in rows:
@@ -58,15 +100,17 @@ def zoo(as_json):
 @cli.command()
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write")
-@click.option("--weights", type=click.Path(dir_okay=False), help="state_dict to load (weights only)")
-@_shape_option()
-@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="batch dimension dynamic")
+@click.option("--weights", type=click.Path(dir_okay=False), help="state_dict to load (weights only, never unpickled)")
+@_shape_option("input shape to export and prove at (default: the zoo model's)")
+@click.option("--dynamic-batch/--static-batch", default=True, help="make the batch dimension dynamic")
 @click.option("--dynamic-spatial", is_flag=True, help="also make H and W dynamic")
-@click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True)
-@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
-              help="max relative error allowed against PyTorch")
-@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.option("--opset", type=click.IntRange(7, 23), default=17,
+              help="ONNX opset to write (the dynamo exporter writes 18 or more)")
+@click.option("--tolerance", type=FiniteFloat(min=0), default=1e-4,
+              help="max relative error allowed against PyTorch (max|diff| / max|reference|)")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript",
+              help="PyTorch exporter (.pt2 archives always use dynamo)")
+@_json_option()
 def export(model, output, weights, input_shape, dynamic_batch, dynamic_spatial, opset, tolerance, exporter, as_json):
     """Export MODEL (zoo name, file.py:factory, or TorchScript/torch.export archive) to ONNX, proven in ONNX Runtime."""
     from .exporter import export as do_export
@@ -74,70 +118,81 @@ def export(model, output, weights, input_shape, dynamic_batch, dynamic_spatial, 
     result = do_export(model, output, weights=weights, input_shape=input_shape, dynamic_batch=dynamic_batch,
                        dynamic_spatial=dynamic_spatial, opset=opset, tolerance=tolerance, exporter=exporter)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        _echo_json(result.to_dict())
         return
-    dyn = ", ".join(f"{k}[{','.join(map(str, v.values()))}]" for k, v in result.dynamic_axes.items() if k == "input")
-    click.echo(f"exported {result.source} -> {result.path} (opset {result.opset}, {result.exporter} exporter, "
-               f"{result.seconds:.2f} s; dynamic: {dyn or 'none'})")
+    dyn = "; ".join(f"{k}[{','.join(map(str, v.values()))}]" for k, v in result.dynamic_axes.items()
+                    if k in result.input_names)
+    opset_note = f" (asked for {opset})" if result.opset != opset else ""
+    click.echo(f"exported {result.source} -> {result.path} (opset {result.opset}{opset_note}, {result.exporter} "
+               f"exporter, {result.seconds:.2f} s; dynamic: {dyn or 'none'})")
     click.echo("onnx.checker: ok")
     for c in result.checks:
-        click.echo(f"parity vs PyTorch at {'x'.join(map(str, c.input_shape))}: max abs {c.max_abs:.2e}, "
+        click.echo(f"parity vs PyTorch at {c.describe_shape()}: max abs {c.max_abs:.2e}, "
                    f"max rel {c.max_rel:.2e} (tolerance {tolerance:g})")
 
 
 @cli.command(name="inspect")
 @click.argument("model", type=click.Path())
-@_shape_option(help_text="input shape when the model's is dynamic (default: the one recorded at export)")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@_shape_option("input shape when the model's is dynamic (default: the one recorded at export)")
+@_json_option("the report")
 def inspect_cmd(model, input_shape, as_json):
     """Per-layer shapes, parameters, MACs and activation memory of an ONNX model."""
     from .inspect import format_report, inspect_model
 
     report = inspect_model(model, input_shape)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(format_report(report))
 
 
 @cli.command()
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write")
-@click.option("--fold/--no-fold", default=True, show_default=True, help="fold BatchNorm into the layer before")
-@click.option("--fuse/--no-fuse", default=True, show_default=True, help="fuse Conv+activation for the target")
+@click.option("--fold/--no-fold", default=True, help="fold BatchNorm into the layer before")
+@click.option("--fuse/--no-fuse", default=True, help="fuse Conv+activation for the target")
 @click.option("--fc-to-conv", is_flag=True, help="cast fully-connected layers into convolutions")
 @click.option("--bottleneck", "bottleneck", default=None,
               help="insert low-rank 1x1 bottlenecks: rank=16, ratio=0.25, energy=0.95 or macs=0.5")
-@click.option("--bottleneck-layers", default=None, help="comma-separated Conv node names to consider")
+@click.option("--bottleneck-layers", default=None, help="with --bottleneck: comma-separated Conv node names to consider")
 @click.option("--fp16", is_flag=True, help="float16 weights and compute")
 @click.option("--fp16-io", is_flag=True, help="with --fp16: float16 inputs and outputs too")
 @click.option("--int8", is_flag=True, help="static int8 quantization (needs --calibration)")
 @click.option("--calibration", default=None,
-              help="calibration data: a folder of images, an .npy/.npz file, or 'digits'")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True)
-@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+              help="sample data for --int8, --fp16 and --bottleneck: a folder of images, an .npy/.npz file, or 'digits'")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+              help="with --int8: how activation ranges are chosen  [default: minmax]")
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", help="runtime the graph is shaped for")
 @click.option("--ort-layout", is_flag=True,
               help="bake ONNX Runtime's CPU layout (NCHWc) into the model: full speed without graph "
                    "optimisation at load, but tied to this CPU's vector extensions")
-@_shape_option(help_text="input shape for verification (default: the one recorded at export)")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
-              help="max relative deviation of an exact pass")
-@click.option("--max-error", type=click.FloatRange(min=0), default=None,
-              help="fail when an approximating pass deviates more than this (relative)")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="write the report as JSON")
+@_shape_option("input shape for verification (default: the one recorded at export)")
+@click.option("--tolerance", type=FiniteFloat(min=0), default=1e-4,
+              help="max relative deviation (max|diff| / max|reference|) of an exact pass")
+@click.option("--max-error", type=FiniteFloat(min=0), default=None,
+              help="fail when an approximating pass deviates more than this (relative)  [default: no limit]")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="also write the report as JSON")
+@_json_option("the report")
 def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
-             calibration, calibration_method, target, ort_layout, input_shape, tolerance, max_error, report_path):
+             calibration, calibration_method, target, ort_layout, input_shape, tolerance, max_error, report_path,
+             as_json):
     """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
+    from .io import check_output_path, model_files
     from .optimize import optimize_model
 
-    if int8 and not calibration:
-        raise UserInputError("--int8 needs --calibration DATA (a folder of images, an .npy/.npz file, or 'digits')")
-    if int8 and fp16:
-        raise UserInputError("choose one of --int8 and --fp16")
+    if report_path:
+        check_output_path(report_path, model_files(model) + [output])
     layers = [n.strip() for n in bottleneck_layers.split(",")] if bottleneck_layers else None
     report = optimize_model(model, output, fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv,
                             bottleneck=bottleneck, bottleneck_layers=layers, fp16=fp16, fp16_io=fp16_io,
                             int8=int8, calibration=calibration, calibration_method=calibration_method,
                             ort_layout=ort_layout, input_shape=input_shape, tolerance=tolerance, max_error=max_error,
                             progress=lambda name: click.echo(f"running {name} ...", err=True))
+    if report_path:
+        _write_report(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    if as_json:
+        _echo_json(report.to_dict())
+        return
     for p in report.passes:
         kind = "exact" if p.exact else "approximate"
         click.echo(f"{p.name} ({kind}): nodes {p.nodes_before} -> {p.nodes_after}, params {p.params_before:,} -> "
@@ -150,113 +205,76 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
         for n in p.notes:
             click.echo(f"    {n}")
     click.echo(f"wrote {output}")
-    if report_path:
-        from .io import atomic_path
-
-        with atomic_path(report_path) as tmp:
-            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 @cli.command()
 @click.argument("model", type=click.Path())
-@click.option("--image-size", type=click.IntRange(1), default=None, help="square image side (random image)")
+@click.option("--image-size", type=click.IntRange(1), default=None, help="side of a random square image, in pixels")
 @click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
-              help=".npy file with an (N, C, H, W) or (C, H, W) float32 image instead of a random one")
-@click.option("--stride", type=click.IntRange(1), default=None, help="map stride (a divisor of the network's stride)")
+              help=".npy file with an (N, C, H, W) or (C, H, W) image instead of a random one")
+@click.option("--stride", type=click.IntRange(1), default=None,
+              help="map stride in pixels, a divisor of the network's total stride  [default: the network's]")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="write the score map as .npy")
 @click.option("--check", is_flag=True, help="also evaluate every crop with the original model and compare")
-def slide(model, image_size, image_path, stride, output, check):
+@_json_option("the result (map shape, top class per cell, timings, check)")
+def slide(model, image_size, image_path, stride, output, check, as_json):
     """Slide a classifier over a larger image in one pass (FC->CONV); print the score map."""
-    import time
+    from .io import check_output_path, model_files
+    from .slide import slide_image
 
-    import numpy as np
-
-    from .slide import crop_session, evaluate_crops, sliding_model
-    from .slide import slide as run_slide
-
-    sm = sliding_model(model)
-    if image_path:
-        try:
-            image = np.load(image_path, allow_pickle=False).astype(np.float32)
-        except Exception as exc:
-            raise UserInputError(f"cannot read {image_path} as a .npy array: {exc}") from exc
-        image = image[None] if image.ndim == 3 else image
-    elif image_size:
-        channels = sm.session().get_inputs()[0].shape[1]
-        image = np.random.default_rng(0).standard_normal((1, channels, image_size, image_size)).astype(np.float32)
-    else:
-        raise UserInputError("give --image-size N (random image) or --image FILE.npy")
-    sm.session()  # load before timing: the figure below is the evaluation alone
-    start = time.perf_counter()
-    scores = run_slide(sm, image, stride)
-    seconds = time.perf_counter() - start
-    step = stride or sm.stride
-    n, classes, rows, cols = scores.shape
-    click.echo(f"score map {n}x{classes}x{rows}x{cols}: {rows}x{cols} crops of {sm.window[0]}x{sm.window[1]} at "
-               f"stride {step} over a {image.shape[2]}x{image.shape[3]} image, {seconds * 1e3:.0f} ms "
-               f"({(sm.stride // step) ** 2} pass(es))")
-    top = scores[0].argmax(0)
-    for r in range(rows):
-        click.echo("  top class per cell: " + " ".join(f"{int(c):>4}" for c in top[r]))
-    if check:
-        session = crop_session(_original_from(model))
-        start = time.perf_counter()
-        reference = evaluate_crops(None, image, sm.window, step, session=session)
-        crop_seconds = time.perf_counter() - start
-        diff = np.abs(scores - reference)
-        span = float(reference.max() - reference.min()) or 1.0
-        click.echo(f"crop by crop: {crop_seconds * 1e3:.0f} ms; max |map - crops| = {diff.max():.3g} "
-                   f"({diff.max() / span:.2%} of the score range); top class agrees in "
-                   f"{int((reference[0].argmax(0) == top).sum())}/{rows * cols} cells")
-        if sm.padded:
-            click.echo("  (the network zero-pads its convolutions: cells see real pixels where a lone crop sees zeros)")
+    if image_path is not None and image_size is not None:
+        raise UserInputError("give one of --image FILE.npy and --image-size N, not both")
     if output:
+        check_output_path(output, model_files(model) + ([image_path] if image_path else []))
+    result = slide_image(model, image=image_path, image_size=image_size, stride=stride, check=check)
+    if output:
+        import numpy as np
+
         from .io import atomic_path
 
-        with atomic_path(output) as tmp:
+        with atomic_path(output, model_files(model)) as tmp:
             with open(tmp, "wb") as fh:
-                np.save(fh, scores)
-
-
-def _original_from(model):
-    from . import io
-
-    proto = io.load_model(model)
-    if any(p.key.startswith("deploykit.fc_to_conv") for p in proto.metadata_props):
-        raise UserInputError("--check needs the original (unconverted) model, to evaluate its crops")
-    return proto
+                np.save(fh, result.scores)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    n, classes, rows, cols = result.scores.shape
+    click.echo(f"score map {n}x{classes}x{rows}x{cols}: {rows}x{cols} crops of {result.window[0]}x{result.window[1]} "
+               f"at stride {result.stride} over a {result.image_shape[2]}x{result.image_shape[3]} image, "
+               f"{result.seconds * 1e3:.0f} ms ({result.passes} pass(es))")
+    for r in range(rows):
+        click.echo("  top class per cell: " + " ".join(f"{int(c):>4}" for c in result.top_class[r]))
+    if check:
+        click.echo(f"crop by crop: {result.crop_seconds * 1e3:.0f} ms; max |map - crops| = "
+                   f"{result.max_abs_vs_crops:.3g} ({result.max_abs_vs_crops / result.score_range:.2%} of the score "
+                   f"range); top class agrees in {result.cells_agreeing}/{rows * cols} cells")
+        if result.padded:
+            click.echo("  (the network zero-pads its convolutions: cells see real pixels where a lone crop sees zeros)")
 
 
 @cli.command()
 @click.argument("model", type=click.Path())
-@click.option("--backend", type=click.Choice(["ort-cpu", "ort-cuda", "ort-trt", "trt"]), required=True)
+@click.option("--backend", type=click.Choice(BUILD_BACKENDS), required=True, help="engine to build for")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="artefact to write (.onnx or .plan)")
-@click.option("--fp16", is_flag=True)
+@click.option("--fp16", is_flag=True, help="allow float16 kernels (TensorRT backends)")
 @click.option("--int8", is_flag=True, help="INT8 (give the QDQ model from 'optimize --int8 --target tensorrt')")
-@click.option("--min-shape", callback=_shape_value, default=None, help="profile minimum input shape")
-@click.option("--opt-shape", callback=_shape_value, default=None, help="profile optimum input shape")
-@click.option("--max-shape", callback=_shape_value, default=None, help="profile maximum input shape")
-@click.option("--workspace", "workspace_mb", type=click.IntRange(1), default=None, help="workspace limit in MB")
+@click.option("--min-shape", callback=_shape_value, default=None, help="TensorRT profile: minimum input shape")
+@click.option("--opt-shape", callback=_shape_value, default=None, help="TensorRT profile: optimum input shape")
+@click.option("--max-shape", callback=_shape_value, default=None, help="TensorRT profile: maximum input shape")
+@click.option("--workspace", "workspace_mb", type=click.IntRange(1), default=None,
+              help="TensorRT workspace limit, in MiB  [default: TensorRT's]")
 @click.option("--lean-memory", is_flag=True, help="ort-cpu: weights in a side file that ONNX Runtime maps, not copies")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option()
 def build(model, backend, output, fp16, int8, min_shape, opt_shape, max_shape, workspace_mb, lean_memory, as_json):
     """Build MODEL.onnx into an artefact for a backend (cached: the same inputs reuse the built engine)."""
-    from pathlib import Path
+    from .backends import BuildOptions
+    from .backends import build as do_build
 
-    from .backends import BuildOptions, get_backend
-    from .io import check_output_path, load_model
-
-    load_model(model, load_weights=False)
-    check_output_path(output)
     options = BuildOptions(fp16=fp16, int8=int8, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
                            workspace_mb=workspace_mb, lean_memory=lean_memory)
-    result = get_backend(backend).build(Path(model), Path(output), options)
-    if lean_memory and backend == "ort-cpu":
-        from .io import save_model
-
-        save_model(load_model(output), output, external_weights=True)
+    result = do_build(model, backend, output, options)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        _echo_json(result.to_dict())
         return
     how = "reused the cached engine" if result.cached else "built"
     click.echo(f"{how} {result.artefact} for {backend} ({options.precision}) in {result.seconds:.2f} s, "
@@ -265,35 +283,41 @@ def build(model, backend, output, fp16, int8, min_shape, opt_shape, max_shape, w
 
 @cli.command(name="bench")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--backend", "backends", multiple=True,
-              type=click.Choice(["ort-cpu", "ort-cuda", "ort-trt", "trt", "torch"]),
-              help="repeatable; default: ort-cpu (and torch for zoo names, trt for .plan)")
-@click.option("--batch", "batches", default="1,8", show_default=True, help="comma-separated batch sizes")
-@click.option("--warmup", type=click.IntRange(0), default=20, show_default=True)
-@click.option("--iterations", type=click.IntRange(1), default=None)
-@click.option("--duration", type=click.FloatRange(min=0.1), default=None, help="seconds per measurement (default 3)")
-@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--backend", "backends", multiple=True, type=click.Choice(BENCH_BACKENDS),
+              help="repeatable  [default: ort-cpu, plus torch for zoo names; trt for .plan]")
+@click.option("--batch", "batches", default="1,8", help="comma-separated batch sizes")
+@click.option("--warmup", type=click.IntRange(0), default=20, help="untimed runs before measuring, in iterations")
+@click.option("--iterations", type=click.IntRange(1), default=None, help="timed runs per measurement (instead of --duration)")
+@click.option("--duration", type=FiniteFloat(min=0.1, max=3600), default=None,
+              help="seconds of timed runs per measurement  [default: 3]")
+@click.option("--threads", type=click.IntRange(1), default=None, help="intra-op threads  [default: the runtime's]")
 @click.option("--lean-memory", is_flag=True, help="ONNX Runtime without prepacking or arena, weights mapped from a side file")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write every figure and sample")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="write every figure and raw sample as JSON")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="write a PNG")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None)
-def bench_cmd(models, backends, batches, warmup, iterations, duration, threads, lean_memory, json_path, plot_path,
-              markdown_path):
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None, help="write a markdown report")
+@_json_option("every figure and raw sample")
+def bench_cmd(models, backends, batches, warmup, iterations, duration, threads, lean_memory, report_path, plot_path,
+              markdown_path, as_json):
     """Throughput, latency and memory of MODEL(s) per backend and batch size."""
     from pathlib import Path
 
     from . import bench as b
-    from .io import atomic_path, check_output_path
+    from .io import check_output_path, model_files
 
+    if iterations is not None and duration is not None:
+        raise UserInputError("give one of --iterations and --duration, not both")
     try:
         sizes = [int(v) for v in batches.split(",") if v.strip()]
         if not sizes or any(v < 1 for v in sizes):
             raise ValueError
     except ValueError:
         raise UserInputError(f"bad --batch {batches!r}: give positive integers like 1,8,32") from None
-    for p in (json_path, plot_path, markdown_path):
+    inputs = [f for m in models if Path(m).exists() for f in model_files(m)]
+    for p in (report_path, plot_path, markdown_path):
         if p:
-            check_output_path(p)
+            check_output_path(p, inputs)
+
     def progress(i, n, label):
         # One line per measurement on a terminal, overwritten in place; plain lines in logs.
         done = int(30 * i / n) if n else 30
@@ -305,25 +329,68 @@ def bench_cmd(models, backends, batches, warmup, iterations, duration, threads, 
 
     report = b.bench(list(models), list(backends) or None, sizes, warmup, iterations, duration, threads,
                      lean_memory, progress=progress)
-    click.echo(b.format_table(report))
-    if json_path:
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if report_path:
+        _write_report(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
     if markdown_path:
-        with atomic_path(markdown_path) as tmp:
-            tmp.write_text(b.format_markdown(report))
+        _write_report(markdown_path, b.format_markdown(report))
     if plot_path:
         b.plot(report, Path(plot_path))
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(b.format_table(report))
+
+
+class _Interrupted(BaseException):
+    """Raised by the SIGINT/SIGTERM handler, so that every `finally` (temporary files) runs before exit."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame):
+    raise _Interrupted(signum)
+
+
+def _interrupted_message(signum: int) -> str:
+    from .io import WRITTEN
+
+    name = signal.Signals(signum).name
+    if WRITTEN:
+        done = ", ".join(str(p) for p in WRITTEN)
+        return f"error: interrupted by {name} after {done} was completely written; the command did not finish"
+    return f"error: interrupted by {name}; nothing was written"
+
+
+def _split_debug(args: list[str]) -> tuple[bool, list[str]]:
+    """--debug is accepted anywhere before a '--' separator; click only knows it on the group."""
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end]
+    if debug:
+        args = ["--debug"] + [a for a in args[:end] if a != "--debug"] + args[end:]
+    return debug, args
 
 
 def main(argv=None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    debug, args = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, _on_signal)
     try:
         cli.main(args=args, prog_name="deploykit", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(130)
+    except _Interrupted as exc:
+        click.echo(_interrupted_message(exc.signum), err=True)
+        sys.exit(128 + exc.signum)
+    except click.exceptions.Abort as exc:
+        # click turns KeyboardInterrupt and EOFError into Abort; a signal arrives as _Interrupted, so an
+        # Abort here is an EOFError from somewhere that should have caught it: a bug, reported as one.
+        cause = exc.__context__ or exc
+        if debug:
+            raise
+        click.echo(f"error: internal error {type(cause).__name__}: {_first_line(cause)} "
+                   "(rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
     except click.ClickException as exc:
         if debug:
             raise
@@ -332,16 +399,22 @@ def main(argv=None) -> None:
     except DeploykitError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_first_line(exc)}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except Exception as exc:  # an unexpected failure still gets one line, and --debug for the rest
         if debug:
             raise
-        click.echo(f"error: internal error {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        click.echo(f"error: internal error {type(exc).__name__}: {_first_line(exc)}"
                    " (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _usage_hint(exc) -> str:

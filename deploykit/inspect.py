@@ -69,11 +69,11 @@ class Report:
         }
 
 
-def inspect_model(model, input_shape: tuple[int, ...] | None = None) -> Report:
+def inspect_model(model, input_shape=None) -> Report:
     """Account for every node of the ONNX model at `model`.
 
-    Shapes come from ONNX shape inference, with the first input fixed to `input_shape`, or to the
-    shape recorded by `deploykit export`, or to the model's own static shape.
+    `input_shape` is a shape for a single-input model or {input name: shape}; inputs not given take
+    the shape recorded by `deploykit export`, else the model's own static shape.
     """
     import onnx
     import onnx_ir as ir
@@ -145,29 +145,9 @@ def _weightless_copy(proto):
 
 
 def _resolve_input_shapes(proto, given, model_name) -> dict[str, list[int]]:
-    inputs = io.graph_inputs(proto)
-    recorded = io.get_metadata(proto).get("input_shape")
-    shapes = {}
-    for idx, inp in enumerate(inputs):
-        dims = inp.type.tensor_type.shape.dim
-        static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        if idx == 0 and given:
-            if len(given) != len(static):
-                raise UserInputError(f"--input-shape {format_shape(given)} has {len(given)} dims but input "
-                                     f"{inp.name!r} has {len(static)}")
-            for g, s in zip(given, static):
-                if s is not None and s != g:
-                    raise UserInputError(f"--input-shape {format_shape(given)} contradicts input {inp.name!r}'s "
-                                         f"fixed shape {format_shape(['?' if x is None else x for x in static])}")
-            shapes[inp.name] = list(given)
-        elif idx == 0 and recorded and None in static:
-            shapes[inp.name] = [int(v) for v in recorded.split(",")]
-        elif None in static:
-            raise UserInputError(f"input {inp.name!r} of {model_name} has dynamic dims "
-                                 f"{format_shape(['?' if x is None else x for x in static])}: give --input-shape")
-        else:
-            shapes[inp.name] = static
-    return shapes
+    from .signature import read_signature
+
+    return {name: list(shape) for name, shape in read_signature(proto).resolve(given).items()}
 
 
 def _fix_input_shapes(proto, shapes):

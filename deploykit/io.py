@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -19,29 +20,85 @@ METADATA_PREFIX = "deploykit."
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail early, before any work, when the output cannot be written."""
+# Files that look writable to root but are not real storage.
+_VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
+# Outputs this process has fully written (renamed into place): an interrupted command reports them.
+WRITTEN: list[Path] = []
+
+
+def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
+    """Fail early, before any work, when the output cannot be written or would replace one of `inputs`."""
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise UserInputError(f"output path {out} is a directory: give a file name such as {out / 'model.onnx'}")
+    resolved = Path(os.path.abspath(out))
+    if any(str(resolved) == root or str(resolved).startswith(root + "/") for root in _VIRTUAL_ROOTS):
+        raise UserInputError(f"cannot write {out}: it is under {resolved.parts[1] and '/' + resolved.parts[1]}, "
+                             "a virtual file system, not storage; choose another -o path")
     if not parent.is_dir():
+        blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UserInputError(f"cannot write {out}: {blocker} is a file, not a directory; choose another -o path")
         raise UserInputError(f"cannot write {out}: directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserInputError(f"cannot write {out}: directory {parent} is not writable; choose another -o path")
+    for source in inputs:
+        if source is not None and same_file(out, source):
+            raise UserInputError(f"output {out} is the input {source}: deploykit never writes over its inputs; "
+                                 "give another output path")
     return out
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when two spellings name one file (symlinks, hard links, ./ and ../ included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare what they would resolve to
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """An ONNX file and the external data files it references: everything a verb reading it must not overwrite."""
+    p = Path(path)
+    files = [p]
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        proto = onnx.load(str(p), load_external_data=False)
+        for tensor in _get_all_tensors(proto):
+            if uses_external_data(tensor):
+                location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+                if location:
+                    files.append(p.parent / location)
+    except Exception:  # unreadable models are reported by load_model, with the right message
+        pass
+    return list(dict.fromkeys(files))
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
-    out = check_output_path(path)
+def atomic_path(path: str | os.PathLike, inputs=()) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The file gets the permissions open() would give it (0666 less the umask), not mkstemp's 0600:
+    a serving process running as another user must be able to read the model.
+    """
+    out = check_output_path(path, inputs)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, out)
+        WRITTEN.append(out)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -61,6 +118,10 @@ def load_model(path: str | os.PathLike, load_weights: bool = True):
         raise UserInputError(f"{p} is empty: it is not an ONNX model; re-export it with 'deploykit export'")
     try:
         model = onnx.load(str(p), load_external_data=load_weights)
+    except onnx.checker.ValidationError as exc:  # an external data file is missing or outside the folder
+        first = str(exc).strip().splitlines()[0]
+        raise UserInputError(f"{p}: its weights cannot be read ({first}); keep the model's external data "
+                             "file(s) next to it") from exc
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise UserInputError(
             f"{p} is not a readable ONNX model (truncated or another format: {type(exc).__name__}); "
@@ -73,23 +134,49 @@ def load_model(path: str | os.PathLike, load_weights: bool = True):
     return model
 
 
-def save_model(model, path: str | os.PathLike, external_weights: bool = False) -> Path:
+def save_model(model, path: str | os.PathLike, external_weights: bool = False, inputs=()) -> Path:
     """Save a ModelProto atomically.
 
     Weights go to a side file named PATH.data when asked (ONNX Runtime then maps them instead of
-    copying them: see Engine's lean_memory) or when the model exceeds protobuf's 2 GiB limit.
+    copying them: see Engine's lean_memory) or when the model exceeds protobuf's 2 GiB limit. The
+    model and its side file are written in a private folder beside PATH and renamed into place, the
+    side file first, so no reader ever sees a model whose weights are half-written.
     """
     import onnx
 
-    out = check_output_path(path)
-    with atomic_path(out) as tmp:
-        if external_weights or model.ByteSize() > _PROTOBUF_LIMIT:
-            data_name = out.name + ".data"
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-        else:
+    out = check_output_path(path, inputs)
+    if not (external_weights or model.ByteSize() > _PROTOBUF_LIMIT):
+        with atomic_path(out, inputs) as tmp:
             onnx.save_model(model, str(tmp))
+        return out
+    data_name = out.name + ".data"
+    check_output_path(out.parent / data_name, inputs)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        onnx.save_model(model, str(staging / out.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        mode = 0o666 & ~_current_umask()
+        for name in (data_name, out.name):
+            if (staging / name).exists():
+                os.chmod(staging / name, mode)
+                os.replace(staging / name, out.parent / name)
+        WRITTEN.append(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def has_external_data(path: str | os.PathLike) -> bool:
+    return len(model_files(path)) > 1
+
+
+def copy_model(source: str | os.PathLike, destination: str | os.PathLike, inputs=()) -> Path:
+    """Copy an ONNX model with its external data, which then sits beside `destination` as DESTINATION.data."""
+    if has_external_data(source):
+        return save_model(load_model(source), destination, external_weights=True, inputs=inputs)
+    with atomic_path(destination, inputs) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(destination)
 
 
 def graph_inputs(proto) -> list:

@@ -49,21 +49,22 @@ class PassReport:
 class OptimizeReport:
     input: str
     output: str | None
-    input_shape: list[int]
+    input_shapes: dict[str, list[int]]
     passes: list[PassReport] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"input": self.input, "output": self.output, "input_shape": self.input_shape,
+        return {"input": self.input, "output": self.output, "input_shapes": self.input_shapes,
                 "passes": [asdict(p) for p in self.passes]}
 
 
 class _Evaluator:
     """Runs a model on fixed inputs and compares it with the input model's outputs."""
 
-    def __init__(self, proto, input_shape, seed=0):
-        self.input_name = io.graph_inputs(proto)[0].name
-        rng = np.random.default_rng(seed)
-        self.feeds = {self.input_name: rng.standard_normal(input_shape).astype(np.float32)}
+    def __init__(self, proto, shapes, seed=0):
+        from .signature import read_signature, sample_inputs
+
+        self.feeds = sample_inputs(read_signature(proto), shapes, seed)
+        self.input_name = next(iter(self.feeds))
         self.labels = None
         self.digits = None
         if io.get_metadata(proto).get("source") == "zoo:digits":
@@ -85,14 +86,12 @@ class _Evaluator:
 
     def _run(self, proto, session=None):
         session = session or self._session(proto)
-        feed = {self.input_name: self.feeds[self.input_name].astype(_input_dtype(session))}
-        return [np.asarray(o, dtype=np.float64) for o in session.run(None, feed)]
+        return [np.asarray(o, dtype=np.float64) for o in session.run(None, _cast_feeds(session, self.feeds))]
 
     def _logits(self, proto, session=None):
         session = session or self._session(proto)
-        x = self.digits.astype(_input_dtype(session))
-        logits = session.run(None, {self.input_name: x})[0]
-        return np.asarray(logits, dtype=np.float64).reshape(len(x), -1)
+        logits = session.run(None, _cast_feeds(session, {self.input_name: self.digits}))[0]
+        return np.asarray(logits, dtype=np.float64).reshape(len(self.digits), -1)
 
     def measure(self, proto):
         """(deviation from the input model, deviation from the previous step, accuracy, predictions changed)."""
@@ -117,28 +116,27 @@ class _Evaluator:
         return None if self.reference_pred is None else float((self.reference_pred == self.labels).mean())
 
 
-def _input_dtype(session):
-    return np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+def _cast_feeds(session, feeds):
+    """The feeds in the element types this session declares (an fp16-io model takes float16)."""
+    from .runtime import _ORT_DTYPES
+
+    types = {i.name: _ORT_DTYPES.get(i.type) for i in session.get_inputs()}
+    return {name: (a.astype(types[name]) if types.get(name) is not None else a) for name, a in feeds.items()
+            if name in types}
 
 
-def _stats(proto, input_shape):
+def _stats(proto, shapes):
     from .inspect import inspect_model
 
-    report = inspect_model(proto, tuple(input_shape))
+    report = inspect_model(proto, shapes)
     return len(report.layers), report.totals.params, report.totals.macs
 
 
-def recorded_input_shape(proto, given=None) -> list[int]:
-    if given:
-        return list(given)
-    recorded = io.get_metadata(proto).get("input_shape")
-    if recorded:
-        return [int(v) for v in recorded.split(",")]
-    dims = io.graph_inputs(proto)[0].type.tensor_type.shape.dim
-    static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if None in static:
-        raise UserInputError("the model records no input shape and its input is dynamic: give --input-shape")
-    return static
+def resolve_input_shapes(proto, given=None) -> dict[str, tuple[int, ...]]:
+    """One concrete shape per input: given, recorded at export, or static (see deploykit.signature)."""
+    from .signature import read_signature
+
+    return read_signature(proto).resolve(given)
 
 
 def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tolerance=DEFAULT_TOLERANCE,
@@ -149,15 +147,15 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
     """
     import onnx_ir as ir
 
+    inputs = io.model_files(model_path)
     if output_path is not None:
-        io.check_output_path(output_path)
-        if Path(output_path).resolve() == Path(model_path).resolve():
-            raise UserInputError("the output path is the input model: give another -o, the input is never modified")
+        io.check_output_path(output_path, inputs)
     proto = io.load_model(model_path)
-    shape = recorded_input_shape(proto, input_shape)
-    evaluator = _Evaluator(proto, shape)
-    report = OptimizeReport(str(model_path), str(output_path) if output_path else None, shape)
-    stats = _stats(proto, shape)
+    shapes = resolve_input_shapes(proto, input_shape)
+    evaluator = _Evaluator(proto, shapes)
+    report = OptimizeReport(str(model_path), str(output_path) if output_path else None,
+                            {k: list(v) for k, v in shapes.items()})
+    stats = _stats(proto, shapes)
     model = ir.from_proto(proto)
     for p in passes:
         if progress:
@@ -169,7 +167,7 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
         proto = ir.to_proto(model)
         seconds = time.perf_counter() - start
         deviation, step, digits = evaluator.measure(proto)
-        after = stats if getattr(p, "preserves_accounting", False) else _stats(proto, shape)
+        after = stats if getattr(p, "preserves_accounting", False) else _stats(proto, shapes)
         report.passes.append(PassReport(
             p.name, p.exact, result.modified, list(p.notes), stats[0], after[0], stats[1], after[1],
             stats[2], after[2], deviation.max_abs, deviation.max_rel, step.max_abs, step.max_rel, seconds,
@@ -184,7 +182,7 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
     if output_path is not None:
         io.set_metadata(proto, {"passes": ",".join(p.name for p in passes),
                                 "optimize_max_rel": f"{max((r.max_rel for r in report.passes), default=0.0):.3e}"})
-        io.save_model(proto, output_path)
+        io.save_model(proto, output_path, inputs=inputs)
     return report
 
 
@@ -197,11 +195,18 @@ def _tidy(model) -> None:
 
 def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target="ort", fc_to_conv=False,
                    bottleneck=None, bottleneck_layers=None, fp16=False, fp16_io=False, int8=False,
-                   calibration=None, calibration_method="minmax", ort_layout=False, input_shape=None,
+                   calibration=None, calibration_method=None, ort_layout=False, input_shape=None,
                    tolerance=DEFAULT_TOLERANCE, max_error=None, progress=None) -> OptimizeReport:
     """`deploykit optimize` as a function: build the pipeline for these options and run it verified."""
     from .passes import build_pipeline
 
+    if calibration is not None and not isinstance(calibration, np.ndarray) and (int8 or fp16 or bottleneck):
+        # Read (and refuse bad data) before any pass runs, once for every pass that uses it.
+        from .calibration import load_calibration
+
+        proto = io.load_model(model_path, load_weights=False)
+        first = next(iter(resolve_input_shapes(proto, input_shape).values()), None)
+        calibration = load_calibration(calibration, None, first)
     passes = build_pipeline(fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv, bottleneck=bottleneck,
                             bottleneck_layers=bottleneck_layers, fp16=fp16, fp16_io=fp16_io, int8=int8,
                             calibration=calibration, calibration_method=calibration_method, ort_layout=ort_layout)

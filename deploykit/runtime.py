@@ -72,7 +72,7 @@ class Engine:
 
     def __init__(self, model: str | os.PathLike, providers: str | Sequence[str] = "auto", *,
                  intra_op_threads: int | None = None, inter_op_threads: int | None = None,
-                 graph_optimization_level: str = "all", lean_memory: bool = False,
+                 graph_optimization_level: str | None = None, lean_memory: bool = False,
                  session_options: Any = None, provider_options: Sequence[dict] | None = None):
         path = Path(model)
         if not path.is_file():
@@ -80,6 +80,8 @@ class Engine:
         self.path = path
         self.lean_memory = lean_memory
         self._plan = None
+        self._session = None
+        self._closed = False
         if path.suffix == ".plan":
             # A TensorRT plan: the native TensorRT runner, behind the same validated interface.
             from .backends.trt import TrtRunner
@@ -89,11 +91,17 @@ class Engine:
             self.outputs = list(self._plan.output_names)
             return
         ort = _import_ort()
-        if graph_optimization_level not in _OPT_LEVELS:
+        if graph_optimization_level is not None and graph_optimization_level not in _OPT_LEVELS:
             raise UserInputError(f"unknown graph optimisation level {graph_optimization_level!r}: "
                                  f"choose one of {', '.join(_OPT_LEVELS)}")
-        opts = session_options or ort.SessionOptions()
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[graph_optimization_level])
+        if session_options is None:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3  # errors reach the caller as exceptions, not as log lines on stderr
+            graph_optimization_level = graph_optimization_level or "all"
+        else:
+            opts = session_options  # the caller's settings stand, unless a level is asked for explicitly
+        if graph_optimization_level is not None:
+            opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[graph_optimization_level])
         if intra_op_threads is not None:
             opts.intra_op_num_threads = int(intra_op_threads)
         if inter_op_threads is not None:
@@ -114,13 +122,15 @@ class Engine:
                 self._session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
         except Exception as exc:
             from . import io
+            from .verify import runtime_refusal
 
-            io.load_model(path, load_weights=False)  # raises the one-line "not an ONNX model" error
-            first = str(exc).strip().splitlines()[0]
-            raise UserInputError(f"ONNX Runtime cannot load {path}: {first}") from exc
+            io.load_model(path)  # raises the one-line "not an ONNX model" / "weights missing" error
+            raise runtime_refusal(path, exc) from exc
         _check_cpu_layout(path, self._session.get_modelmeta().custom_metadata_map)
         self.inputs = [(i.name, tuple(i.shape), i.type) for i in self._session.get_inputs()]
         self.outputs = [o.name for o in self._session.get_outputs()]
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 3
 
     @property
     def providers(self) -> list[str]:
@@ -133,6 +143,44 @@ class Engine:
 
     def __call__(self, *args, **kwargs):
         """engine(x) -> the single output; engine(x) -> tuple when the model has several outputs."""
+        outs = self.run(*args, **kwargs)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def run(self, *args, **kwargs) -> list[np.ndarray]:
+        """Validate and run; returns every output, in the model's order.
+
+        Takes inputs as __call__ does: engine.run(x), engine.run(x1, x2), engine.run({name: x}) or engine.run(name=x).
+        """
+        if self._closed:
+            raise UserInputError(f"this Engine for {self.path.name} is closed: create a new one")
+        checked = self._validate(self._feeds(args, kwargs))
+        if self._plan is not None:
+            return self._plan.infer(checked)
+        try:
+            return self._session.run(self.outputs, checked, self._run_options)
+        except Exception as exc:
+            if self._closed:
+                raise UserInputError(f"this Engine for {self.path.name} is closed: create a new one") from None
+            from .verify import runtime_message
+
+            raise ShapeMismatchError(f"ONNX Runtime refused the inputs of {self.path.name} "
+                                     f"({', '.join(f'{n} {_pretty_shape(a.shape)}' for n, a in checked.items())}): "
+                                     f"{runtime_message(exc)}") from exc
+
+    def close(self) -> None:
+        """Release the session (and its memory). Calls after close raise a clear error."""
+        self._closed = True
+        if self._plan is not None:
+            self._plan.close()
+        self._session = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _feeds(self, args, kwargs) -> dict:
         if args and kwargs:
             raise UserInputError("pass inputs either positionally or by name, not both")
         if len(args) == 1 and isinstance(args[0], Mapping):
@@ -144,38 +192,56 @@ class Engine:
             feeds = dict(zip(self.input_names, args))
         else:
             feeds = kwargs
-        outs = self.run(feeds)
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def run(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
-        """Validate and run; returns every output, in the model's order."""
-        checked = self._validate(feeds)
-        if self._plan is not None:
-            return self._plan.infer(checked)
-        return self._session.run(self.outputs, checked)
+        return feeds
 
     def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.input_names if n not in feeds]
-        extra = [n for n in feeds if n not in self.input_names]
-        if missing or extra:
-            raise ShapeMismatchError(f"model {self.path.name} expects inputs {self.input_names}; "
-                                     f"missing {missing}, unexpected {extra}")
-        checked = {}
-        for name, shape, type_str in self.inputs:
-            array = _as_numpy(feeds[name], name)
-            expected_dtype = _ORT_DTYPES.get(type_str)
-            if expected_dtype is not None and array.dtype != expected_dtype:
-                raise ShapeMismatchError(
-                    f"input {name!r} expects dtype {np.dtype(expected_dtype).name}, got {array.dtype.name}: "
-                    f"convert it, e.g. x.astype(np.{np.dtype(expected_dtype).name})")
-            if len(shape) != array.ndim or any(
-                isinstance(d, int) and d != a for d, a in zip(shape, array.shape)
-            ):
-                pretty = "x".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
-                raise ShapeMismatchError(
-                    f"input {name!r} expects shape {pretty}, got {'x'.join(map(str, array.shape))}")
-            checked[name] = array
-        return checked
+        return validate_feeds(f"model {self.path.name}", self.inputs, feeds)
+
+
+def validate_feeds(label: str, declared, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Check feeds against declared (name, shape, ORT type string) inputs; numpy arrays back, by name."""
+    names = [name for name, _, _ in declared]
+    if not isinstance(feeds, Mapping):
+        raise ShapeMismatchError(f"{label} takes a mapping of input name to array, got {type(feeds).__name__}")
+    missing = [n for n in names if n not in feeds]
+    extra = [n for n in feeds if n not in names]
+    if missing or extra:
+        raise ShapeMismatchError(f"{label} expects inputs {names}; missing {missing}, unexpected {extra}")
+    checked = {}
+    for name, shape, type_str in declared:
+        array = _as_numpy(feeds[name], name)
+        expected_dtype = _ORT_DTYPES.get(type_str)
+        if expected_dtype is not None and array.dtype != expected_dtype:
+            raise ShapeMismatchError(
+                f"input {name!r} expects dtype {np.dtype(expected_dtype).name}, got {array.dtype.name}: "
+                f"convert it, e.g. x.astype(np.{np.dtype(expected_dtype).name})")
+        if shape is not None and len(shape) != array.ndim or shape is not None and any(
+            isinstance(d, int) and d != a for d, a in zip(shape, array.shape)
+        ):
+            raise ShapeMismatchError(
+                f"input {name!r} expects shape {_pretty_shape(shape)}, got {'x'.join(map(str, array.shape))}")
+        checked[name] = array
+    _check_shared_dims(declared, checked)
+    return checked
+
+
+def _pretty_shape(shape) -> str:
+    return "x".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
+
+
+def _check_shared_dims(declared, arrays: Mapping[str, np.ndarray]) -> None:
+    """Inputs that share a named dimension (two inputs' "batch") must agree on its size."""
+    seen: dict[str, tuple[str, int]] = {}
+    for name, shape, _ in declared:
+        for axis, dim in enumerate(shape or ()):
+            if not isinstance(dim, str) or not dim:
+                continue
+            size = arrays[name].shape[axis]
+            if dim in seen and seen[dim][1] != size:
+                other, other_size = seen[dim]
+                raise ShapeMismatchError(f"input {name!r} has {dim}={size} (dimension {axis}) but input {other!r} has "
+                                         f"{dim}={other_size}: inputs sharing the dimension {dim!r} must agree")
+            seen.setdefault(dim, (name, size))
 
 
 def _as_numpy(value: Any, name: str) -> np.ndarray:

@@ -114,3 +114,89 @@ def evaluate_crops(original_model, image: np.ndarray, window: tuple[int, int], s
                              for i in range(0, len(all_crops), batch)])
     scores = scores.reshape(rows, cols, n, -1)
     return scores.transpose(2, 3, 0, 1)
+
+
+@dataclass
+class SlideResult:
+    """What `deploykit slide` reports: the map, its geometry and timing, and the crop-by-crop check."""
+
+    scores: np.ndarray
+    window: tuple[int, int]
+    stride: int
+    image_shape: tuple[int, ...]
+    passes: int
+    seconds: float
+    padded: bool
+    crop_seconds: float | None = None
+    max_abs_vs_crops: float | None = None
+    score_range: float | None = None
+    cells_agreeing: int | None = None
+
+    @property
+    def top_class(self) -> np.ndarray:
+        return self.scores[0].argmax(0)
+
+    def to_dict(self) -> dict:
+        n, classes, rows, cols = self.scores.shape
+        return {"map_shape": [n, classes, rows, cols], "window": list(self.window), "stride": self.stride,
+                "image_shape": list(self.image_shape), "passes": self.passes, "seconds": self.seconds,
+                "padded": self.padded, "top_class": self.top_class.tolist(),
+                "check": None if self.crop_seconds is None else {
+                    "crop_seconds": self.crop_seconds, "max_abs": self.max_abs_vs_crops,
+                    "score_range": self.score_range, "cells_agreeing": self.cells_agreeing, "cells": rows * cols}}
+
+
+def load_image(path) -> np.ndarray:
+    """An (N, C, H, W) or (C, H, W) float image from a .npy file, as (N, C, H, W) float32."""
+    try:
+        image = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise UserInputError(f"cannot read {path} as a .npy array ({type(exc).__name__}): save it with np.save") from exc
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.size == 0 or image.dtype.kind not in "fiu":
+        raise UserInputError(f"{path} holds a {image.dtype} array of shape {image.shape}: give an (N, C, H, W) "
+                             "or (C, H, W) numeric image")
+    image = image.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise UserInputError(f"{path} contains NaN or infinite values")
+    return image
+
+
+def slide_image(model, *, image=None, image_size: int | None = None, stride: int | None = None,
+                check: bool = False, seed: int = 0) -> SlideResult:
+    """`deploykit slide` as a function: the score map of `image` (an array or a .npy path), or of a random
+    square image of side `image_size`; with check=True, also every crop through the original model."""
+    import time
+
+    if (image is None) == (image_size is None):
+        raise UserInputError("give exactly one of --image FILE.npy and --image-size N")
+    original = None
+    if check:
+        original = io.load_model(model) if isinstance(model, (str, Path)) else None
+        if original is None or any(p.key.startswith("deploykit.fc_to_conv") for p in original.metadata_props):
+            raise UserInputError("--check needs the original (unconverted) model, to evaluate its crops")
+    sm = sliding_model(model)
+    if image is None:
+        channels = sm.session().get_inputs()[0].shape[1]
+        image = np.random.default_rng(seed).standard_normal((1, channels, image_size, image_size)).astype(np.float32)
+    elif not isinstance(image, np.ndarray):
+        image = load_image(image)
+    expected = sm.session().get_inputs()[0].shape[1]
+    if isinstance(expected, int) and image.shape[1] != expected:
+        raise UserInputError(f"input {sm.session().get_inputs()[0].name!r} expects {expected} channel(s), "
+                             f"the image has {image.shape[1]} (shape {'x'.join(map(str, image.shape))})")
+    step = stride or sm.stride
+    start = time.perf_counter()  # the session exists already: the figure is the evaluation alone
+    scores = slide(sm, image, stride)
+    result = SlideResult(scores, sm.window, step, tuple(image.shape), (sm.stride // step) ** 2,
+                         time.perf_counter() - start, sm.padded)
+    if original is not None:
+        session = crop_session(original)
+        start = time.perf_counter()
+        reference = evaluate_crops(None, image, sm.window, step, session=session)
+        result.crop_seconds = time.perf_counter() - start
+        result.max_abs_vs_crops = float(np.abs(scores - reference).max())
+        result.score_range = float(reference.max() - reference.min()) or 1.0
+        result.cells_agreeing = int((reference[0].argmax(0) == result.top_class).sum())
+    return result

@@ -6,6 +6,8 @@ element-wise ratio explodes on logits near zero and says nothing about the model
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -64,7 +66,29 @@ def cpu_session(model, optimization: str = "all"):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[optimization])
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        name = model if isinstance(model, (str, os.PathLike)) else (model.graph.name or "the model")
+        raise runtime_refusal(name, exc) from exc
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+
+
+def runtime_message(exc: BaseException, limit: int = 240) -> str:
+    """ONNX Runtime's error as one short line: without its error-code prefix, cut at `limit` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = _ORT_PREFIX.sub("", text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def runtime_refusal(model, exc: BaseException):
+    """The UserInputError for a model ONNX Runtime will not load (an opset it lacks, a missing initializer...)."""
+    from .errors import UserInputError
+
+    return UserInputError(f"ONNX Runtime cannot load {model}: {runtime_message(exc)}; check that the model is valid "
+                          "and its opset is one this onnxruntime implements (pip install -U onnxruntime)")
 
 
 def run_onnx_cpu(model_path: str, feeds: dict[str, np.ndarray], optimization: str = "all") -> list[np.ndarray]:

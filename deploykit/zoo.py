@@ -116,10 +116,22 @@ def _load_archive(path: str):
             raise UserInputError(f"model file {file} does not exist")
         raise UserInputError(_unknown_model_message(path))
     if file.suffix == ".pt2":
+        import logging
+
+        # A damaged archive makes torch log a dozen lines before raising: the one-line error says it all.
+        torch_log = logging.getLogger("torch")
+        level = torch_log.level
+        torch_log.setLevel(logging.CRITICAL)
         try:
-            return torch.export.load(str(file)).module()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.export.load(str(file)).module()
         except Exception as exc:
-            raise UserInputError(f"{file} is not a loadable torch.export archive: {exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(f"{file} is not a loadable torch.export archive ({type(exc).__name__}: {first}); "
+                                 "save it again with torch.export.save") from exc
+        finally:
+            torch_log.setLevel(level)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript is deprecated, but users still have archives

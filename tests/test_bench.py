@@ -15,7 +15,7 @@ def bench_json(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bench")
     args = ["bench", "digits", "--backend", "ort-cpu", "--backend", "torch", "--batch", "1,4", "--warmup", "3",
-            "--iterations", "30", "--json", str(out / "b.json"), "--markdown", str(out / "b.md"),
+            "--iterations", "30", "--report", str(out / "b.json"), "--markdown", str(out / "b.md"),
             "--plot", str(out / "b.png")]
     try:
         main(args)

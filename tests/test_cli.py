@@ -78,7 +78,7 @@ def test_shape_mismatch(cli, tmp_path):
 
 def test_inspect_shape_contradicting_the_model(cli, exported):
     path, _ = exported("digits")
-    _one_line_error(cli("inspect", path, "--input-shape", "1,3,8,8"), 2, "contradicts")
+    _one_line_error(cli("inspect", path, "--input-shape", "1,3,8,8"), 2, "input 'input' expects shape batchx1x8x8", "got 1x3x8x8")
 
 
 def test_user_model_without_input_shape(cli, tmp_path):

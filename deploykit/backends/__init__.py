@@ -24,3 +24,17 @@ def get_backend(name: str) -> Backend:
 
         return TorchBackend()
     raise UserInputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def build(model, backend: str, output, options: BuildOptions | None = None) -> BuildResult:
+    """`deploykit build` as a function: check the model and the output path, then build (or reuse) the artefact."""
+    from pathlib import Path
+
+    from .. import io
+
+    io.load_model(model, load_weights=False)
+    inputs = io.model_files(model)
+    for path in (output, str(output) + ".json", str(output) + ".data"):
+        io.check_output_path(path, inputs)
+    chosen = get_backend(backend)
+    return chosen.build(Path(model), Path(output), options or BuildOptions())

@@ -55,9 +55,16 @@ class BuildResult:
 
 
 class Runner:
-    """Runs one artefact. Use as a context manager; `infer(feeds)` returns the outputs in order."""
+    """Runs one artefact. Use as a context manager; `infer(feeds)` returns the outputs in order.
+
+    As in Polygraphy, the public `infer()` checks the feeds against the runner's declared inputs
+    (names, dtypes, fixed dimensions, shared named dimensions) and only then calls `infer_impl()`,
+    so no runner can be fed garbage whoever calls it.
+    """
 
     input_names: list[str]
+    input_shapes: dict[str, tuple]
+    input_types: dict[str, str]
 
     def __enter__(self) -> "Runner":
         return self
@@ -68,7 +75,13 @@ class Runner:
     def close(self) -> None:
         pass
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from ..runtime import validate_feeds
+
+        declared = [(n, self.input_shapes[n], self.input_types[n]) for n in self.input_names]
+        return self.infer_impl(validate_feeds(type(self).__name__, declared, feeds))
+
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def timings(self) -> dict[str, float]:
@@ -135,7 +148,12 @@ def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict
     rng = np.random.default_rng(seed)
     feeds = {}
     for name in runner.input_names:
-        declared = list(runner.input_shapes[name])
+        declared = runner.input_shapes[name]
+        if declared is None:
+            if fallback_shape is None:
+                raise UserInputError(f"input {name!r} has no declared shape: give the model's input shape")
+            declared = [None] * len(fallback_shape)
+        declared = list(declared)
         shape = []
         for i, d in enumerate(declared):
             if i == 0:

@@ -12,7 +12,6 @@ the CPU-specific layout (level ALL), which measured as fast as optimising from s
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -70,33 +69,44 @@ class OrtBackend(Backend):
         self.check_available()
         import onnxruntime as ort
 
-        from ..io import atomic_path
+        from .. import io
 
         start = time.perf_counter()
         key = cache_key(file_sha256(model), self.name, options, self.environment())
         cached = cache_dir() / "artefacts" / f"{key}.onnx"
         hit = cached.exists()
+        external = io.has_external_data(model)
         if not hit:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(cached) as tmp:
-                if self.name == "ort-cpu":
+            if self.name == "ort-cpu":
+                with io.atomic_path(cached) as tmp:
                     so = ort.SessionOptions()
                     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
                     so.optimized_model_filepath = str(tmp)
                     so.log_severity_level = 3
-                    ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-                else:
-                    shutil.copyfile(model, tmp)
-                    # Creating the session builds (and caches) the TensorRT / CUDA kernels now, not at first use.
-                    ort.InferenceSession(str(tmp), providers=[(self.provider, self.provider_options(options, model)),
-                                                               "CPUExecutionProvider"])
-        with atomic_path(output) as tmp:
-            shutil.copyfile(cached, tmp)
+                    if external:
+                        # The weights stay in a side file beside the cached model, as they were beside the input.
+                        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                                    cached.name + ".data")
+                        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                                    "1024")
+                    _create_session(ort, model, so, ["CPUExecutionProvider"])
+            else:
+                io.copy_model(model, cached)
+                # Creating the session builds (and caches) the TensorRT / CUDA kernels now, not at first use.
+                _create_session(ort, cached, None, [(self.provider, self.provider_options(options, model)),
+                                                    "CPUExecutionProvider"])
+        if options.lean_memory or external:
+            # Lean memory: the weights in a side file that ORT maps rather than copies.
+            io.save_model(io.load_model(cached), output, external_weights=True)
+        else:
+            io.copy_model(cached, output)
         sidecar = {"backend": self.name, "options": options.to_dict(), "environment": self.environment(), "key": key,
                    "provider_options": {k: v for k, v in self.provider_options(options, model).items()}}
-        with atomic_path(Path(str(output) + ".json")) as tmp:
+        with io.atomic_path(Path(str(output) + ".json")) as tmp:
             tmp.write_text(json.dumps(sidecar, indent=2, default=list) + "\n")
-        return BuildResult(self.name, output, time.perf_counter() - start, output.stat().st_size, hit, key)
+        size = sum(p.stat().st_size for p in io.model_files(output) if p.exists())
+        return BuildResult(self.name, output, time.perf_counter() - start, size, hit, key)
 
     def runner(self, artefact: Path, options: BuildOptions | None = None, threads: int | None = None) -> Runner:
         self.check_available()
@@ -117,7 +127,23 @@ class OrtRunner(Runner):
         self.input_types = {name: t for name, _, t in self.engine.inputs}
 
     def infer(self, feeds):
+        return self.engine.run(feeds)  # Engine validates: the same checks as infer()
+
+    def infer_impl(self, feeds):
         return self.engine.run(feeds)
+
+    def close(self):
+        self.engine.close()
+
+def _create_session(ort, model: Path, options, providers):
+    """A session, with ONNX Runtime's refusal (an opset it lacks, a broken graph) as one line."""
+    try:
+        return ort.InferenceSession(str(model), options, providers=providers)
+    except Exception as exc:
+        from ..verify import runtime_refusal
+
+        raise runtime_refusal(model, exc) from exc
+
 
 def _input_name(model: Path) -> str:
     import onnx

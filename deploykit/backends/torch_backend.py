@@ -56,10 +56,11 @@ class TorchRunner(Runner):
             except Exception:
                 self.compiled = False
         self.input_names = ["input"]
-        self.input_shapes = {"input": tuple(loaded.input_shape) if loaded.input_shape else ("batch",)}
+        # The batch is free; the rest of the recorded shape is what the module was built for.
+        self.input_shapes = {"input": ("batch",) + tuple(loaded.input_shape[1:]) if loaded.input_shape else None}
         self.input_types = {"input": "tensor(float)"}
 
-    def infer(self, feeds):
+    def infer_impl(self, feeds):
         with self.torch.inference_mode():
             y = self.module(self.torch.from_numpy(np.ascontiguousarray(feeds["input"])))
         outs = list(y) if isinstance(y, (tuple, list)) else [y]

@@ -16,6 +16,7 @@ dependency on cuda-python.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -182,8 +183,15 @@ class TrtRunner(Runner):
         self.input_types = {n: "tensor(float16)" if self.engine.get_tensor_dtype(n) == trt.DataType.HALF
                             else "tensor(float)" for n in self.input_names}
         self._last: dict[str, float] = {}
+        # One execution context holds the shapes and tensor addresses of the call in flight: calls from
+        # several threads (Engine is documented thread-safe) take turns on it.
+        self._lock = threading.Lock()
 
-    def infer(self, feeds):
+    def infer_impl(self, feeds):
+        with self._lock:
+            return self._execute(feeds)
+
+    def _execute(self, feeds):
         torch = self.torch
         events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         with torch.cuda.stream(self.stream):

@@ -28,16 +28,31 @@ __all__ = ["GraphPass", "CleanupPass", "FoldBatchNormPass", "FuseConvActivationP
 def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort", fc_to_conv: bool = False,
                    bottleneck: str | None = None, bottleneck_layers: list[str] | None = None,
                    fp16: bool = False, fp16_io: bool = False, int8: bool = False, calibration=None,
-                   calibration_method: str = "minmax", ort_layout: bool = False) -> list[GraphPass]:
+                   calibration_method: str | None = None, ort_layout: bool = False) -> list[GraphPass]:
     """The passes `deploykit optimize` runs for these options, in the order that keeps them composable.
 
     Exact structural passes come first; approximating ones after; the ORT fusion last, and only on
     an fp32 graph (the int8 quantizer fuses Conv+Relu itself, and ORT has no fp16 FusedConv on the CPU).
+    Options that would be silently ignored (or contradict each other) are refused.
     """
-    if target not in ("ort", "tensorrt"):
-        from ..errors import UserInputError
+    from ..errors import UserInputError
 
+    if target not in ("ort", "tensorrt"):
         raise UserInputError(f"unknown target {target!r}: choose ort or tensorrt")
+    if int8 and fp16:
+        raise UserInputError("choose one of --int8 and --fp16")
+    if int8 and calibration is None:
+        raise UserInputError("--int8 needs --calibration DATA (a folder of images, an .npy/.npz file, or 'digits')")
+    if fp16_io and not fp16:
+        raise UserInputError("--fp16-io only applies with --fp16: add --fp16 or drop --fp16-io")
+    if bottleneck_layers and not bottleneck:
+        raise UserInputError("--bottleneck-layers only applies with --bottleneck: add --bottleneck SPEC or drop it")
+    if calibration is not None and not (int8 or fp16 or bottleneck):
+        raise UserInputError("--calibration is used only by --int8, --fp16 (overflow check) and --bottleneck "
+                             "(data-aware ranks): add one of them or drop --calibration")
+    if calibration_method is not None and not int8:
+        raise UserInputError("--calibration-method only applies with --int8: add --int8 or drop it")
+    calibration_method = calibration_method or "minmax"
     passes: list[GraphPass] = [CleanupPass()]
     if fold:
         passes.append(FoldBatchNormPass())

@@ -99,6 +99,8 @@ class BottleneckPass(GraphPass):
             raise UserInputError(f"bad --bottleneck {spec!r}: use rank=16, ratio=0.25, energy=0.95 or macs=0.5") from None
         if key not in MODES:
             raise UserInputError(f"bad --bottleneck {spec!r}: use rank=16, ratio=0.25, energy=0.95 or macs=0.5")
+        if not math.isfinite(value):
+            raise UserInputError(f"bad --bottleneck {spec!r}: the value must be a finite number")
         if key == "rank" and (value < 1 or value != int(value)):
             raise UserInputError(f"bad --bottleneck {spec!r}: rank must be a positive integer")
         if key in ("ratio", "energy", "macs") and not 0 < value <= 1:

@@ -1,0 +1,200 @@
+"""One description of a model's inputs and outputs, read once and used by every verb.
+
+A Signature holds each real input's and output's name, element type and dimensions (an int for a
+fixed size, a string for a named symbolic one, None for an anonymous or `-1` one), plus the
+concrete shapes deploykit recorded at export. `resolve()` turns what the user gave
+(`--input-shape NAME:1,3,224,224`, repeatable, or a bare shape for a single-input model) into one
+concrete shape per input, and refuses a shape the model cannot take with a message that names the
+input, the expected and the given shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import UserInputError
+from .shapes import format_shape, parse_shape
+
+Dim = int | str | None
+RECORDED_KEY = "input_shapes"  # metadata, "name:1,3,224,224;other:1,4"; the older "input_shape" names the first input
+
+_ONNX_TO_NUMPY = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
+                  10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64, 4: np.uint16}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    elem_type: int  # onnx.TensorProto data type
+    dims: tuple[Dim, ...] | None  # None: rank unknown
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(_ONNX_TO_NUMPY.get(self.elem_type, np.float32))
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype.kind == "f"
+
+    def pretty(self) -> str:
+        if self.dims is None:
+            return "(any rank)"
+        return format_shape(["?" if d is None else d for d in self.dims])
+
+    def accepts(self, shape: Sequence[int]) -> str | None:
+        """None when `shape` fits; else why not."""
+        if self.dims is None:
+            return None
+        if len(shape) != len(self.dims):
+            return f"it has {len(self.dims)} dimensions, the shape given has {len(shape)}"
+        for i, (d, g) in enumerate(zip(self.dims, shape)):
+            if isinstance(d, int) and d > 0 and d != g:
+                return f"dimension {i} is fixed at {d}"
+        return None
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    recorded: Mapping[str, tuple[int, ...]]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise UserInputError(f"the model has no input {name!r}; its inputs are {', '.join(self.input_names)}")
+
+    def resolve(self, given=None) -> dict[str, tuple[int, ...]]:
+        """A concrete shape for every input: the given one, else the recorded one, else the static one."""
+        given = normalize_shapes(given, self.input_names)
+        shapes = {}
+        for spec in self.inputs:
+            if spec.name in given:
+                shape = given[spec.name]
+                why = spec.accepts(shape)
+                if why:
+                    raise UserInputError(f"input {spec.name!r} expects shape {spec.pretty()}, got "
+                                         f"{format_shape(shape)} ({why}): give a shape it accepts with --input-shape")
+            elif spec.name in self.recorded and spec.accepts(self.recorded[spec.name]) is None:
+                shape = self.recorded[spec.name]
+            elif spec.dims is not None and all(isinstance(d, int) and d > 0 for d in spec.dims):
+                shape = tuple(spec.dims)
+            else:
+                flag = "--input-shape" if len(self.inputs) == 1 else f"--input-shape {spec.name}:..."
+                raise UserInputError(f"input {spec.name!r} has dynamic dimensions {spec.pretty()} and the model records "
+                                     f"no shape for it: give one with {flag}")
+            shapes[spec.name] = tuple(int(v) for v in shape)
+        return shapes
+
+
+def normalize_shapes(given, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """A bare shape means the only input; a mapping names inputs; unknown names are refused."""
+    if not given:
+        return {}
+    if isinstance(given, Mapping):
+        out = {}
+        for name, shape in given.items():
+            if name is None:
+                if len(names) != 1:
+                    raise UserInputError(f"the model has {len(names)} inputs ({', '.join(names)}): give each shape "
+                                         "as --input-shape NAME:1,3,224,224")
+                name = names[0]
+            if name not in names:
+                raise UserInputError(f"--input-shape names {name!r}, which is not an input of the model; its inputs "
+                                     f"are {', '.join(names)}")
+            out[name] = tuple(shape)
+        return out
+    if len(names) != 1:
+        raise UserInputError(f"the model has {len(names)} inputs ({', '.join(names)}): give each shape as "
+                             "--input-shape NAME:1,3,224,224")
+    return {names[0]: tuple(given)}
+
+
+def parse_named_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """'NAME:1,3,224,224' -> ('NAME', (1, 3, 224, 224)); a bare shape has no name."""
+    name, sep, rest = text.rpartition(":")
+    if sep and name:
+        return name, parse_shape(rest)
+    return None, parse_shape(text)
+
+
+def parse_shape_options(values: Sequence[str]) -> dict | None:
+    """Repeated --input-shape values -> {name or None: shape}; None when none was given."""
+    if not values:
+        return None
+    shapes: dict = {}
+    for text in values:
+        name, shape = parse_named_shape(text)
+        if name in shapes:
+            raise UserInputError(f"--input-shape given twice for {name or 'the input'}")
+        shapes[name] = shape
+    if None in shapes and len(shapes) > 1:
+        raise UserInputError("mix of bare and NAME: shapes: name every input as --input-shape NAME:1,3,224,224")
+    return shapes
+
+
+def _dims(value_info) -> tuple[Dim, ...] | None:
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)  # anonymous, or -1 as Paddle exports write it
+    return tuple(dims)
+
+
+def read_signature(proto) -> Signature:
+    """The signature of an onnx.ModelProto (weights not needed)."""
+    from . import io
+
+    inputs = tuple(TensorSpec(i.name, i.type.tensor_type.elem_type, _dims(i)) for i in io.graph_inputs(proto))
+    outputs = tuple(TensorSpec(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in proto.graph.output)
+    return Signature(inputs, outputs, recorded_shapes(io.get_metadata(proto), [i.name for i in inputs]))
+
+
+def recorded_shapes(metadata: Mapping[str, str], names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    out = {}
+    if metadata.get(RECORDED_KEY):
+        for part in metadata[RECORDED_KEY].split(";"):
+            name, _, shape = part.rpartition(":")
+            if name in names:
+                out[name] = tuple(int(v) for v in shape.split(","))
+    elif metadata.get("input_shape") and names:
+        out[names[0]] = tuple(int(v) for v in metadata["input_shape"].split(","))
+    return out
+
+
+def format_recorded(shapes: Mapping[str, Sequence[int]]) -> str:
+    return ";".join(f"{name}:{','.join(map(str, shape))}" for name, shape in shapes.items())
+
+
+def sample_inputs(signature: Signature, shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Sample inputs at `shapes`, of each input's own type.
+
+    Floats are N(0, 1). Integer inputs (token ids, indices) get zeros and boolean ones (masks) get
+    True: the only values valid for any model; give real data (--calibration/--validate) to see more.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in signature.inputs:
+        shape = tuple(shapes[spec.name])
+        if spec.is_float:
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == np.bool_:
+            feeds[spec.name] = np.ones(shape, dtype=np.bool_)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feeds
