@@ -83,6 +83,7 @@ def inspect_model(model, input_shape=None) -> Report:
         model = proto.graph.name or "<in-memory model>"
     else:
         proto = io.load_model(model)
+        _check_valid(proto, model)
     if any(n.domain == "com.microsoft.nchwc" for n in proto.graph.node):
         raise UserInputError(f"{model} carries ONNX Runtime's internal CPU layout (built with --ort-layout), which "
                              "ONNX shape inference cannot follow: inspect the model from before that step")
@@ -99,7 +100,39 @@ def inspect_model(model, input_shape=None) -> Report:
     for node in graph:
         if node.name in original_ops:
             node.op_type, node.domain = original_ops[node.name]
-    return _account(graph, str(model), shapes)
+    report = _account(graph, str(model), shapes)
+    report.warnings[:0] = _opset_warnings(proto)
+    return report
+
+
+def _opset_warnings(proto) -> list[str]:
+    from .verify import ort_max_opset
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    newest = ort_max_opset()
+    if opset is not None and newest and opset > newest:
+        return [f"the model's opset {opset} is newer than this onnxruntime implements (up to {newest}): optimize, "
+                "build, bench and Engine will refuse it; upgrade onnxruntime or convert the model to an older opset"]
+    return []
+
+
+def _check_valid(proto, model) -> None:
+    """Refuse a broken graph with onnx.checker's reason, but never a model ONNX Runtime itself can run."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto)
+        return
+    except onnx.checker.ValidationError as exc:
+        reason = " ".join(str(exc).split())
+    except Exception:  # e.g. over 2 GB in memory: leave the judgement to shape inference below
+        return
+    from .verify import cpu_session
+
+    try:
+        cpu_session(proto if proto.ByteSize() < 2**31 - 1 else str(model), optimization="disable")
+    except UserInputError:
+        raise UserInputError(f"{model} is not a valid ONNX model: {reason[:240]}") from None
 
 
 def _standardize_contrib_ops(proto) -> dict[str, tuple[str, str]]:

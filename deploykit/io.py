@@ -131,6 +131,11 @@ def load_model(path: str | os.PathLike, load_weights: bool = True):
     # opset and at least one graph output.
     if not model.opset_import or not model.graph.output:
         raise UserInputError(f"{p} is not an ONNX model (no opset or graph outputs); re-export it with 'deploykit export'")
+    if not load_weights:
+        missing = [f for f in model_files(p)[1:] if not f.is_file()]
+        if missing:
+            raise UserInputError(f"{p}: its weights cannot be read (external data file {missing[0]} is missing); keep "
+                                 "the model's external data file(s) next to it")
     return model
 
 

@@ -60,9 +60,10 @@ class OptimizeReport:
 class _Evaluator:
     """Runs a model on fixed inputs and compares it with the input model's outputs."""
 
-    def __init__(self, proto, shapes, seed=0):
+    def __init__(self, proto, shapes, seed=0, label=None):
         from .signature import read_signature, sample_inputs
 
+        self.label = label
         self.feeds = sample_inputs(read_signature(proto), shapes, seed)
         self.input_name = next(iter(self.feeds))
         self.labels = None
@@ -82,7 +83,7 @@ class _Evaluator:
         self.reference_pred = self.reference_logits.argmax(1) if self.digits is not None else None
 
     def _session(self, proto):
-        return cpu_session(proto)
+        return cpu_session(proto, label=self.label)
 
     def _run(self, proto, session=None):
         session = session or self._session(proto)
@@ -152,7 +153,7 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
         io.check_output_path(output_path, inputs)
     proto = io.load_model(model_path)
     shapes = resolve_input_shapes(proto, input_shape)
-    evaluator = _Evaluator(proto, shapes)
+    evaluator = _Evaluator(proto, shapes, label=str(model_path))
     report = OptimizeReport(str(model_path), str(output_path) if output_path else None,
                             {k: list(v) for k, v in shapes.items()})
     stats = _stats(proto, shapes)

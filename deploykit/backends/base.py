@@ -116,10 +116,14 @@ class Backend:
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Digest of a model's bytes, its external data files' included: new weights are a new model."""
+    from ..io import model_files
+
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
+    for part in model_files(path):
+        with open(part, "rb") as fh:
+            for block in iter(lambda: fh.read(chunk), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
