@@ -122,4 +122,6 @@ def layer_inputs(model, value_names: list[str], data: np.ndarray, batch: int = 3
         outs = session.run(value_names, {input_name: data[i:i + batch]})
         for n, o in zip(value_names, outs):
             parts[n].append(o)
-    return {n: np.concatenate(v) for n, v in parts.items()}
+    # Scalars and other batch-independent tensors (a ReLU6's bound, a GELU's constant) are the same
+    # for every batch: keep one. The rest are stacked along the batch axis.
+    return {n: (np.concatenate(v) if v[0].ndim and len(v) > 1 else v[0]) for n, v in parts.items()}

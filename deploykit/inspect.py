@@ -12,6 +12,8 @@ makes the totals line up with the cs231n VGG-16 table, which lists one volume pe
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,11 +81,13 @@ def inspect_model(model, input_shape=None) -> Report:
     import onnx_ir as ir
 
     if isinstance(model, onnx.ModelProto):
+        runnable = model  # with its weights, should shapes have to be observed by running it
         proto = _weightless_copy(model)  # the shapes are rewritten below; the caller's model stays as it is
         model = proto.graph.name or "<in-memory model>"
     else:
         proto = io.load_model(model)
         _check_valid(proto, model)
+        runnable = model
     if any(n.domain == "com.microsoft.nchwc" for n in proto.graph.node):
         raise UserInputError(f"{model} carries ONNX Runtime's internal CPU layout (built with --ort-layout), which "
                              "ONNX shape inference cannot follow: inspect the model from before that step")
@@ -91,15 +95,24 @@ def inspect_model(model, input_shape=None) -> Report:
     _fix_input_shapes(proto, shapes)
     original_ops = _standardize_contrib_ops(proto)
     try:
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserInputError(f"shape inference failed for {model} at input {shapes}: {first}; "
-                             "check --input-shape") from exc
-    graph = ir.from_proto(proto).graph
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception:
+        # Static inference gives up on some real graphs (run-time shape arithmetic, Paddle/TF
+        # exports): keep what it can say and observe the rest by running the model below.
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    graph = ir.from_proto(inferred).graph
     for node in graph:
         if node.name in original_ops:
             node.op_type, node.domain = original_ops[node.name]
+    _constants_as_values(graph)
+    unknown = [v for v in _accounted_values(graph) if not _is_static(v)]
+    if unknown:
+        observed = _observe_shapes(runnable, shapes, [v.name for v in unknown], str(model))
+        for v in unknown:
+            shape, dtype = observed[v.name]
+            v.shape = ir.Shape(shape)
+            if v.dtype is None:
+                v.dtype = dtype
     report = _account(graph, str(model), shapes)
     report.warnings[:0] = _opset_warnings(proto)
     return report
@@ -133,6 +146,76 @@ def _check_valid(proto, model) -> None:
         cpu_session(proto if proto.ByteSize() < 2**31 - 1 else str(model), optimization="disable")
     except UserInputError:
         raise UserInputError(f"{model} is not a valid ONNX model: {reason[:240]}") from None
+
+
+def _is_static(value) -> bool:
+    return value.shape is not None and all(isinstance(d, int) for d in value.shape)
+
+
+def _accounted_values(graph):
+    """The values whose shapes the accounting reads: real inputs and every node output."""
+    for v in graph.inputs:
+        if not v.is_initializer():
+            yield v
+    for node in graph:
+        if node.op_type == "Constant":
+            continue
+        for out in node.outputs:
+            if out is not None and out.name:
+                yield out
+
+
+def _constants_as_values(graph) -> None:
+    """A weight stored as a Constant node is a weight: give its value the tensor, as an initializer has."""
+    for node in graph:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in node.attributes:
+            tensor = node.attributes["value"].value
+            out = node.outputs[0]
+            out.const_value = tensor
+            out.shape = ir_shape(tensor.shape)
+            out.dtype = tensor.dtype
+
+
+def ir_shape(dims):
+    import onnx_ir as ir
+
+    return ir.Shape(list(dims))
+
+
+def _observe_shapes(model, shapes, names, label) -> dict:
+    """Shapes (and types) of `names`, observed by running the model once on sample inputs at `shapes`.
+
+    ONNX Runtime runs the graph it is given with optimisations off, so every intermediate tensor
+    exists and is returned as an extra output. The caller's ModelProto is restored afterwards.
+    """
+    import onnx
+
+    from .signature import read_signature, sample_inputs
+    from .verify import cpu_session
+
+    proto = model if isinstance(model, onnx.ModelProto) else io.load_model(model)
+    existing = {o.name for o in proto.graph.output}
+    extra = [n for n in dict.fromkeys(names) if n not in existing]
+    added = len(extra)
+    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
+    try:
+        session = cpu_session(proto, optimization="disable", label=label)
+        feeds = sample_inputs(read_signature(proto), shapes)
+        wanted = list(dict.fromkeys(names))
+        values = session.run(wanted, feeds)
+    except UserInputError:
+        raise
+    except Exception as exc:
+        from .verify import runtime_message
+
+        raise UserInputError(f"{label} does not run at input {shapes} ({runtime_message(exc)}): check --input-shape") \
+            from exc
+    finally:
+        if added:
+            del proto.graph.output[len(proto.graph.output) - added:]
+    import onnx_ir as ir
+
+    return {n: (list(v.shape), ir.DataType.from_numpy(np.asarray(v).dtype)) for n, v in zip(wanted, values)}
 
 
 def _standardize_contrib_ops(proto) -> dict[str, tuple[str, str]]:
@@ -279,6 +362,8 @@ def _account(graph, model_name, input_shapes) -> Report:
     param_total = param_bytes_total = mac_total = 0
     warnings = []
     for index, node in enumerate(graph):
+        if node.op_type == "Constant" and node.outputs[0].const_value is not None:
+            continue  # a weight or shape constant: counted where it is read
         name = node.name or f"{node.op_type}_{index}"
         params = 0
         for v in node.inputs:

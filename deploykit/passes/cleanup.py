@@ -45,6 +45,10 @@ class CleanupPass(GraphPass):
         except ImportError:  # pragma: no cover - onnxscript is a dependency
             self.note("constant folding skipped: onnxscript is not installed")
 
+        lifted = common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1)(model).modified
+        if lifted:
+            self.note("weights stored as Constant nodes are initializers now")
+        modified |= lifted
         for p in (common.IdentityEliminationPass(), common.RemoveUnusedNodesPass(),
                   common.DeduplicateInitializersPass(), common.RemoveUnusedOpsetsPass()):
             modified |= p(model).modified
@@ -59,6 +63,8 @@ class CleanupPass(GraphPass):
             self.note(f"removed {removed_dropout} Dropout node(s)")
         if removed_nodes:
             self.note(f"{removed_nodes} node(s) removed in all")
-        if removed_inits:
+        if removed_inits > 0:
             self.note(f"{removed_inits} initializer(s) removed or merged")
-        return modified or removed_nodes > 0 or removed_inits > 0
+        elif removed_inits < 0:
+            self.note(f"{-removed_inits} initializer(s) added (folded constants and lifted Constant nodes)")
+        return modified or removed_nodes != 0 or removed_inits != 0

@@ -27,6 +27,10 @@ from .base import RebuildPass
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
+MIN_OPSET = 13
+CALIBRATION_CHUNK = 8  # samples whose intermediate tensors are held at once during calibration
+
+
 class QuantizeInt8Pass(RebuildPass):
     name = "int8"
     exact = False
@@ -49,30 +53,62 @@ class QuantizeInt8Pass(RebuildPass):
         from ..calibration import load_calibration
 
         data = load_calibration(self.calibration, model, self.input_shape)
-        input_value = model.graph.inputs[0]
+        real_inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+        if len(real_inputs) != 1:
+            raise UserInputError(f"--int8 calibrates single-input models; this one has {len(real_inputs)} inputs "
+                                 f"({', '.join(v.name for v in real_inputs)})")
+        input_value = real_inputs[0]
         expected = input_value.shape
-        if expected is not None and any(isinstance(d, int) and d != a for d, a in zip(list(expected)[1:], data.shape[1:])):
-            raise UserInputError(f"calibration data has shape {data.shape[1:]} per sample but the model expects "
-                                 f"{list(expected)[1:]}")
-        fixed_batch = expected[0] if expected is not None and isinstance(expected[0], int) else None
-        step = fixed_batch or 8
-
+        if expected is not None and any(isinstance(d, int) and d > 0 and d != a
+                                        for d, a in zip(list(expected)[1:], data.shape[1:])):
+            raise UserInputError(f"calibration data has shape {list(data.shape[1:])} per sample but input "
+                                 f"{input_value.name!r} expects {[d if isinstance(d, int) and d > 0 else '?' for d in list(expected)[1:]]}")
+        first = expected[0] if expected is not None and len(expected) else None
+        fixed_batch = first if isinstance(first, int) and first > 0 else None
+        # Histogram methods (entropy, percentile) need equal-sized batches; single samples always are.
+        step = fixed_batch or (8 if self.method == "minmax" else 1)
         # A fixed batch dimension takes only whole batches; a dynamic one takes the remainder too.
         stop = len(data) - len(data) % step if fixed_batch else len(data)
+        if stop == 0:
+            raise UserInputError(f"the model's batch is fixed at {step}: give at least {step} calibration samples")
+
+        batches = [(i, min(i + step, stop)) for i in range(0, stop, step)]
 
         class Reader(CalibrationDataReader):
+            """Batches of the calibration set; ORT reads them a range at a time (see CalibStridedMinMax below)."""
+
             def __init__(self):
-                self._batches = iter([data[i:i + step] for i in range(0, stop, step)])
+                self.set_range(0, len(batches))
+
+            def __len__(self):
+                return len(batches)
+
+            def set_range(self, start_index, end_index):
+                self._pending = iter(batches[start_index:end_index])
 
             def get_next(self):
-                batch = next(self._batches, None)
-                return None if batch is None else {input_value.name: batch}
+                span = next(self._pending, None)
+                return None if span is None else {input_value.name: data[span[0]:span[1]]}
+
+        # ORT folds what it collected into ranges/histograms after each range of batches, so only
+        # about CALIBRATION_CHUNK samples' intermediate tensors are held at once, whatever the set's size.
+        # The range must divide the batch count: the largest divisor that fits the chunk.
+        per_range = max(1, CALIBRATION_CHUNK // step)
+        stride = max(d for d in range(1, min(per_range, len(batches)) + 1) if len(batches) % d == 0)
 
         ort_target = self.target == "ort"
         self.total_convs = sum(1 for n in model.graph if n.op_type == "Conv")
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            onnx.save_model(ir.to_proto(model), str(src))
+            proto = ir.to_proto(model)
+            opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+            if opset < MIN_OPSET:
+                # Per-channel DequantizeLinear (its axis attribute) exists from opset 13.
+                from onnx import version_converter
+
+                proto = version_converter.convert_version(proto, MIN_OPSET)
+                self.note(f"upgraded the model from opset {opset} to {MIN_OPSET}: per-channel int8 weights need it")
+            onnx.save_model(proto, str(src), save_as_external_data=proto.ByteSize() > 2**31 - 1)
             root = logging.getLogger()
             level = root.level
             root.setLevel(logging.ERROR)  # the quantizer logs advice we follow already (shapes are inferred)
@@ -82,7 +118,8 @@ class QuantizeInt8Pass(RebuildPass):
                 activation_type=QuantType.QUInt8 if ort_target else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
-                extra_options={"ActivationSymmetric": not ort_target, "WeightSymmetric": True},
+                extra_options={"ActivationSymmetric": not ort_target, "WeightSymmetric": True,
+                               "CalibStridedMinMax": stride},
                 )
             finally:
                 root.setLevel(level)
