@@ -100,8 +100,9 @@ def _images(folder: Path, shape) -> np.ndarray:
     return np.stack(out)
 
 
-def layer_inputs(model, value_names: list[str], data: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
-    """Run the model on `data` and return the named intermediate tensors."""
+def layer_inputs(model, value_names: list[str], data, batch: int = 32) -> dict[str, np.ndarray]:
+    """Run the model on `data` (an array for its only input, or {input name: array}) and return the
+    named intermediate tensors."""
     import onnx
     import onnx_ir as ir
 
@@ -114,12 +115,13 @@ def layer_inputs(model, value_names: list[str], data: np.ndarray, batch: int = 3
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
     # No graph optimisation: fusions would make the intermediate tensors asked for disappear.
     session = cpu_session(proto, optimization="disable")
-    input_name = session.get_inputs()[0].name
+    feeds = data if isinstance(data, dict) else {session.get_inputs()[0].name: data}
     fixed = session.get_inputs()[0].shape[0]
-    batch = fixed if isinstance(fixed, int) else batch
+    batch = fixed if isinstance(fixed, int) and fixed > 0 else batch
+    total = len(next(iter(feeds.values())))
     parts: dict[str, list] = {n: [] for n in value_names}
-    for i in range(0, len(data), batch):
-        outs = session.run(value_names, {input_name: data[i:i + batch]})
+    for i in range(0, total, batch):
+        outs = session.run(value_names, {n: a[i:i + batch] for n, a in feeds.items()})
         for n, o in zip(value_names, outs):
             parts[n].append(o)
     # Scalars and other batch-independent tensors (a ReLU6's bound, a GELU's constant) are the same

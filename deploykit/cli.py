@@ -160,6 +160,9 @@ def inspect_cmd(model, input_shape, as_json):
 @click.option("--int8", is_flag=True, help="static int8 quantization (needs --calibration)")
 @click.option("--calibration", default=None,
               help="sample data for --int8, --fp16 and --bottleneck: a folder of images, an .npy/.npz file, or 'digits'")
+@click.option("--validate", "validate", default=None,
+              help="data every pass is judged on: what --calibration takes, or an .npz with 'x' (or one array per "
+                   "input name) and optional 'y' labels  [default: the calibration data, else random samples]")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="with --int8: how activation ranges are chosen  [default: minmax]")
 @click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", help="runtime the graph is shaped for")
@@ -174,8 +177,8 @@ def inspect_cmd(model, input_shape, as_json):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="also write the report as JSON")
 @_json_option("the report")
 def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
-             calibration, calibration_method, target, ort_layout, input_shape, tolerance, max_error, report_path,
-             as_json):
+             calibration, validate, calibration_method, target, ort_layout, input_shape, tolerance, max_error,
+             report_path, as_json):
     """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
     from .io import check_output_path, model_files
     from .optimize import optimize_model
@@ -187,21 +190,23 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
                             bottleneck=bottleneck, bottleneck_layers=layers, fp16=fp16, fp16_io=fp16_io,
                             int8=int8, calibration=calibration, calibration_method=calibration_method,
                             ort_layout=ort_layout, input_shape=input_shape, tolerance=tolerance, max_error=max_error,
-                            progress=lambda name: click.echo(f"running {name} ...", err=True))
+                            validate=validate, progress=lambda name: click.echo(f"running {name} ...", err=True))
     if report_path:
         _write_report(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
     if as_json:
         _echo_json(report.to_dict())
         return
+    click.echo(f"verified on {report.validation_data}")
     for p in report.passes:
         kind = "exact" if p.exact else "approximate"
         click.echo(f"{p.name} ({kind}): nodes {p.nodes_before} -> {p.nodes_after}, params {p.params_before:,} -> "
                    f"{p.params_after:,}, MACs {p.macs_before:,} -> {p.macs_after:,}; deviation vs input: "
                    f"max abs {p.max_abs:.2e}, max rel {p.max_rel:.2e}"
                    + (f" (this pass alone: max rel {p.step_max_rel:.2e})" if p.step_max_rel != p.max_rel else ""))
-        if p.accuracy_after is not None:
-            click.echo(f"    digits test set: accuracy {p.accuracy_before:.2%} -> {p.accuracy_after:.2%}, "
-                       f"{p.predictions_changed} prediction(s) changed, logits max rel {p.digits_max_rel:.2e}")
+        if not p.exact and p.top1_agreement is not None:
+            click.echo(f"    top-1 agreement with the input model: {p.top1_agreement:.2%}"
+                       + (f"; accuracy {p.accuracy_before:.2%} -> {p.accuracy_after:.2%}"
+                          if p.accuracy_after is not None else ""))
         for n in p.notes:
             click.echo(f"    {n}")
     click.echo(f"wrote {output}")

@@ -34,15 +34,25 @@ class PassReport:
     params_after: int
     macs_before: int
     macs_after: int
-    max_abs: float  # against the input model: what the pipeline has changed so far
+    max_abs: float  # against the input model, on the validation data: what the pipeline has changed so far
     max_rel: float
     step_max_abs: float  # against the model just before this pass: what this pass changed
     step_max_rel: float
     seconds: float
-    accuracy_before: float | None = None
-    accuracy_after: float | None = None
-    predictions_changed: int | None = None
-    digits_max_rel: float | None = None  # deviation of the logits on the real digits test set
+    # {"samples", "top1_agreement", "accuracy_before", "accuracy_after", "data"}: against the input model
+    validation: dict = field(default_factory=dict)
+
+    @property
+    def accuracy_before(self) -> float | None:
+        return self.validation.get("accuracy_before")
+
+    @property
+    def accuracy_after(self) -> float | None:
+        return self.validation.get("accuracy_after")
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return self.validation.get("top1_agreement")
 
 
 @dataclass
@@ -50,71 +60,47 @@ class OptimizeReport:
     input: str
     output: str | None
     input_shapes: dict[str, list[int]]
+    validation_data: str = ""
     passes: list[PassReport] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "input_shapes": self.input_shapes,
-                "passes": [asdict(p) for p in self.passes]}
+                "validation_data": self.validation_data, "passes": [asdict(p) for p in self.passes]}
 
 
 class _Evaluator:
-    """Runs a model on fixed inputs and compares it with the input model's outputs."""
+    """Runs each candidate on the validation set and compares it with the input model and the previous step."""
 
-    def __init__(self, proto, shapes, seed=0, label=None):
-        from .signature import read_signature, sample_inputs
-
+    def __init__(self, proto, validation, label=None):
         self.label = label
-        self.feeds = sample_inputs(read_signature(proto), shapes, seed)
-        self.input_name = next(iter(self.feeds))
-        self.labels = None
-        self.digits = None
-        if io.get_metadata(proto).get("source") == "zoo:digits":
-            try:
-                from deploykit_zoo.digits import load_digits_split
-
-                _, _, x_test, y_test = load_digits_split()
-                self.digits, self.labels = x_test, y_test
-            except Exception:
-                self.digits = None
+        self.validation = validation
         self.output_names = [o.name for o in proto.graph.output]
         self.reference = self._run(proto)
         self.previous = self.reference
-        self.reference_logits = self._logits(proto) if self.digits is not None else None
-        self.reference_pred = self.reference_logits.argmax(1) if self.digits is not None else None
+        from .validation import accuracy
 
-    def _session(self, proto):
-        return cpu_session(proto, label=self.label)
+        self.reference_accuracy = accuracy(self.reference[0], validation.labels)
 
-    def _run(self, proto, session=None):
-        session = session or self._session(proto)
-        return [np.asarray(o, dtype=np.float64) for o in session.run(None, _cast_feeds(session, self.feeds))]
+    def _run(self, proto):
+        from .validation import run_batched
 
-    def _logits(self, proto, session=None):
-        session = session or self._session(proto)
-        logits = session.run(None, _cast_feeds(session, {self.input_name: self.digits}))[0]
-        return np.asarray(logits, dtype=np.float64).reshape(len(self.digits), -1)
+        return run_batched(cpu_session(proto, label=self.label), self.validation.feeds)
 
     def measure(self, proto):
-        """(deviation from the input model, deviation from the previous step, accuracy, predictions changed)."""
-        session = self._session(proto)
-        outs = self._run(proto, session)
+        """(deviation from the input model, deviation from the previous step, validation figures)."""
+        from .validation import accuracy, top1_agreement
+
+        outs = self._run(proto)
         # FC->CONV keeps the numbers but may turn (N, K) into (N, K, 1, 1): compare like for like.
         outs = [o.reshape(r.shape) if o.shape != r.shape and o.size == r.size else o
                 for o, r in zip(outs, self.reference)]
         deviation = worst(compare(self.output_names, self.reference, outs))
         step = worst(compare(self.output_names, self.previous, outs))
         self.previous = outs
-        digits = None
-        if self.digits is not None:
-            logits = self._logits(proto, session)
-            pred = logits.argmax(1)
-            digits = (float((pred == self.labels).mean()), int((pred != self.reference_pred).sum()),
-                      worst(compare(["logits"], [self.reference_logits], [logits])).max_rel)
-        return deviation, step, digits
-
-    @property
-    def reference_accuracy(self):
-        return None if self.reference_pred is None else float((self.reference_pred == self.labels).mean())
+        figures = {"samples": self.validation.samples, "top1_agreement": top1_agreement(self.reference[0], outs[0]),
+                   "accuracy_before": self.reference_accuracy,
+                   "accuracy_after": accuracy(outs[0], self.validation.labels), "data": self.validation.source}
+        return deviation, step, figures
 
 
 def _cast_feeds(session, feeds):
@@ -141,21 +127,31 @@ def resolve_input_shapes(proto, given=None) -> dict[str, tuple[int, ...]]:
 
 
 def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tolerance=DEFAULT_TOLERANCE,
-                 max_error=None, progress=None) -> OptimizeReport:
+                 max_error=None, progress=None, validate=None, calibration=None) -> OptimizeReport:
     """Apply `passes` (GraphPass instances, in order) to the ONNX model at `model_path`.
 
-    Returns the report; writes `output_path` atomically when given. The input file is never modified.
+    Each pass is judged on `validate` (see deploykit.validation), else on `calibration`, else on
+    random samples. Returns the report; writes `output_path` atomically when given. The input file
+    is never modified.
     """
     import onnx_ir as ir
 
-    inputs = io.model_files(model_path)
+    inputs = io.model_files(model_path) + [Path(d) for d in (validate, calibration)
+                                           if isinstance(d, (str, Path)) and Path(d).is_file()]
     if output_path is not None:
         io.check_output_path(output_path, inputs)
     proto = io.load_model(model_path)
     shapes = resolve_input_shapes(proto, input_shape)
-    evaluator = _Evaluator(proto, shapes, label=str(model_path))
+    from .signature import read_signature
+    from .validation import load_validation
+
+    validation = load_validation(validate, read_signature(proto), shapes, calibration=calibration)
+    evaluator = _Evaluator(proto, validation, label=str(model_path))
     report = OptimizeReport(str(model_path), str(output_path) if output_path else None,
-                            {k: list(v) for k, v in shapes.items()})
+                            {k: list(v) for k, v in shapes.items()}, validation.source)
+    for p in passes:
+        if getattr(p, "input_shapes", "absent") is None:
+            p.input_shapes = shapes  # passes that sample the model (fp16's overflow guard) run at these shapes
     stats = _stats(proto, shapes)
     model = ir.from_proto(proto)
     for p in passes:
@@ -167,12 +163,11 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
         _tidy(model)
         proto = ir.to_proto(model)
         seconds = time.perf_counter() - start
-        deviation, step, digits = evaluator.measure(proto)
+        deviation, step, figures = evaluator.measure(proto)
         after = stats if getattr(p, "preserves_accounting", False) else _stats(proto, shapes)
         report.passes.append(PassReport(
             p.name, p.exact, result.modified, list(p.notes), stats[0], after[0], stats[1], after[1],
-            stats[2], after[2], deviation.max_abs, deviation.max_rel, step.max_abs, step.max_rel, seconds,
-            *((evaluator.reference_accuracy,) + digits if digits else ())))
+            stats[2], after[2], deviation.max_abs, deviation.max_rel, step.max_abs, step.max_rel, seconds, figures))
         stats = after
         if p.exact and step.max_rel > tolerance:
             raise VerificationError(f"pass {p.name} changed the model's outputs beyond tolerance {tolerance:g}: "
@@ -197,7 +192,7 @@ def _tidy(model) -> None:
 def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target="ort", fc_to_conv=False,
                    bottleneck=None, bottleneck_layers=None, fp16=False, fp16_io=False, int8=False,
                    calibration=None, calibration_method=None, ort_layout=False, input_shape=None,
-                   tolerance=DEFAULT_TOLERANCE, max_error=None, progress=None) -> OptimizeReport:
+                   tolerance=DEFAULT_TOLERANCE, max_error=None, progress=None, validate=None) -> OptimizeReport:
     """`deploykit optimize` as a function: build the pipeline for these options and run it verified."""
     from .passes import build_pipeline
 
@@ -212,4 +207,5 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                             bottleneck_layers=bottleneck_layers, fp16=fp16, fp16_io=fp16_io, int8=int8,
                             calibration=calibration, calibration_method=calibration_method, ort_layout=ort_layout)
     return run_pipeline(model_path, passes, output_path, input_shape=input_shape, tolerance=tolerance,
-                        max_error=max_error, progress=progress)
+                        max_error=max_error, progress=progress, validate=validate,
+                        calibration=calibration if calibration is not None else None)

@@ -31,25 +31,29 @@ def test_default_and_fc_to_conv_on_every_zoo_model(exported, tmp_path, name):
 
 def test_exact_passes_keep_every_digits_prediction(exported, tmp_path):
     path, _ = exported("digits")
-    report = optimize_model(path, tmp_path / "d.onnx", fc_to_conv=True)
+    report = optimize_model(path, tmp_path / "d.onnx", fc_to_conv=True, validate="digits")
     assert [p.name for p in report.passes] == ["cleanup", "fold", "fc-to-conv", "fuse[ort]"]
+    assert "360 labelled images" in report.validation_data
     for p in report.passes:
-        assert p.predictions_changed == 0, p.name
+        assert p.top1_agreement == 1.0, p.name
         assert p.accuracy_after == p.accuracy_before >= 0.97
+        assert p.validation["samples"] == 360
         assert p.max_rel <= 1e-5, p.name
-        assert p.digits_max_rel <= 1e-5, p.name
 
 
 def test_cli_report_and_input_untouched(cli, exported, tmp_path):
     path, _ = exported("digits")
     before = path.read_bytes()
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
-    result = cli("optimize", path, "-o", out, "--report", report)
+    result = cli("optimize", path, "-o", out, "--report", report, "--validate", "digits")
     assert result.code == 0, result.err
     assert "fuse[ort] (exact): nodes 12 -> 9" in result.out
-    assert "digits test set: accuracy 99.17% -> 99.17%, 0 prediction(s) changed, logits max rel" in result.out
+    assert "verified on validation data 'digits'" in result.out
     data = json.loads(report.read_text())
     assert [p["name"] for p in data["passes"]] == ["cleanup", "fold", "fuse[ort]"]
+    validation = data["passes"][-1]["validation"]
+    assert validation["samples"] == 360 and validation["top1_agreement"] == 1.0
+    assert validation["accuracy_before"] == validation["accuracy_after"] > 0.97
     assert path.read_bytes() == before
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(Engine(out)(x), Engine(path)(x), rtol=1e-5, atol=1e-5)
@@ -93,12 +97,13 @@ def test_tensorrt_target_leaves_fusion_to_tensorrt(cli, exported, tmp_path):
 def test_bottleneck_energy_keeps_digits_accuracy_within_a_point(cli, exported, tmp_path):
     path, _ = exported("digits")
     report_path = tmp_path / "b.json"
-    result = cli("optimize", path, "-o", tmp_path / "b.onnx", "--bottleneck", "energy=0.95", "--report", report_path)
+    result = cli("optimize", path, "-o", tmp_path / "b.onnx", "--bottleneck", "energy=0.95", "--report", report_path,
+                 "--validate", "digits")
     assert result.code == 0, result.err
     passes = {p["name"]: p for p in json.loads(report_path.read_text())["passes"]}
     b = passes["bottleneck"]
     assert not b["exact"] and b["macs_after"] < b["macs_before"]
-    assert b["accuracy_before"] - b["accuracy_after"] <= 0.01
+    assert b["validation"]["accuracy_before"] - b["validation"]["accuracy_after"] <= 0.01
     assert any("->" in n and "MACs" in n for n in b["notes"])
 
 

@@ -34,9 +34,11 @@ class Float16Pass(GraphPass):
     name = "fp16"
     exact = False
 
-    def __init__(self, keep_io_types: bool = True, sample=None, input_shape=None) -> None:
+    def __init__(self, keep_io_types: bool = True, sample=None, input_shapes=None) -> None:
         super().__init__()
-        self.keep_io_types, self.sample, self.input_shape = keep_io_types, sample, input_shape
+        self.keep_io_types, self.sample = keep_io_types, sample
+        # {input name: shape} the guard samples at; the pipeline fills it in from the model's signature.
+        self.input_shapes = input_shapes
         self.blocked: dict[str, str] = {}
 
     def rewrite(self, model: ir.Model) -> bool:
@@ -150,21 +152,24 @@ class Float16Pass(GraphPass):
         return blocked
 
     def _observed_peaks(self, model: ir.Model) -> dict[str, float]:
-        """Max |value| of every float tensor on the sample data."""
-        from ..calibration import layer_inputs, load_calibration
+        """Max |value| of every float tensor on the sample data: the calibration set if given, else
+        random samples at the model's input shapes. Every model gets the guard, with or without
+        deploykit's metadata; the report says what it was measured on."""
+        from ..calibration import layer_inputs
+        from ..signature import read_signature
+        from ..validation import load_validation
 
-        if self.sample is not None:
-            data = load_calibration(self.sample, model, self.input_shape)
-        else:
-            shape = self.input_shape or [int(v) for v in model.metadata_props.get("deploykit.input_shape", "").split(",") if v]
-            if not shape:
-                return {}
-            data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        proto = ir.to_proto(model)
+        signature = read_signature(proto)
+        shapes = self.input_shapes or signature.resolve(None)
+        samples = load_validation(None, signature, shapes, calibration=self.sample)
+        self.note(f"overflow guard measured on {samples.source}")
         names = [o.name for n in model.graph for o in n.outputs if o is not None and o.name and o.dtype in (None, FLOAT)]
-        values = layer_inputs(model, names, data)
+        values = layer_inputs(model, names, samples.feeds)
         peaks = {n: float(np.max(np.abs(a))) for n, a in values.items() if a.dtype.kind == "f" and a.size}
-        for inp in model.graph.inputs:
-            peaks[inp.name] = float(np.max(np.abs(data)))
+        for name, array in samples.feeds.items():
+            if array.dtype.kind == "f":
+                peaks[name] = float(np.max(np.abs(array)))
         return peaks
 
 

@@ -12,7 +12,7 @@ from deploykit.passes.fp16 import Float16Pass
 def test_digits_in_fp16_keeps_accuracy_and_float32_io(exported, tmp_path):
     path, _ = exported("digits")
     out = tmp_path / "fp16.onnx"
-    report = optimize_model(path, out, fp16=True)
+    report = optimize_model(path, out, fp16=True, validate="digits")
     p = report.passes[-1]
     assert p.name == "fp16"
     assert p.accuracy_before - p.accuracy_after <= 0.003

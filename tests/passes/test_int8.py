@@ -15,7 +15,7 @@ def _node_types(path):
 def test_ort_target_uses_uint8_activations_and_keeps_digits_accuracy(exported, tmp_path):
     path, _ = exported("digits")
     out = tmp_path / "int8.onnx"
-    report = optimize_model(path, out, int8=True, calibration="digits")
+    report = optimize_model(path, out, int8=True, calibration="digits", validate="digits")
     q = report.passes[-1]
     assert q.name == "int8" and not q.exact
     assert q.accuracy_before - q.accuracy_after <= 0.01
@@ -46,7 +46,7 @@ def test_tensorrt_target_uses_symmetric_int8(exported, tmp_path):
 def test_other_calibration_methods(exported, tmp_path, method):
     path, _ = exported("digits")
     report = optimize_model(path, tmp_path / f"{method}.onnx", int8=True, calibration="digits",
-                            calibration_method=method)
+                            calibration_method=method, validate="digits")
     assert report.passes[-1].accuracy_after >= report.passes[-1].accuracy_before - 0.01
 
 
@@ -56,7 +56,7 @@ def test_calibration_from_npy_and_errors(exported, tmp_path):
     np.save(tmp_path / "cal.npy", data)
     optimize_model(path, tmp_path / "q.onnx", int8=True, calibration=str(tmp_path / "cal.npy"))
     np.save(tmp_path / "wrong.npy", np.zeros((4, 3, 8, 8), np.float32))
-    with pytest.raises(UserInputError, match="calibration data has shape"):
+    with pytest.raises(UserInputError, match="calibration data for input .input. has samples of shape \\[3, 8, 8\\]"):
         optimize_model(path, tmp_path / "q2.onnx", int8=True, calibration=str(tmp_path / "wrong.npy"))
     with pytest.raises(UserInputError, match="does not exist"):
         optimize_model(path, tmp_path / "q3.onnx", int8=True, calibration=str(tmp_path / "missing"))
