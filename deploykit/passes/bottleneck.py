@@ -32,6 +32,7 @@ from ._graph import add_initializer, attr, const, ints, replace_value
 from .base import GraphPass
 
 MODES = ("rank", "ratio", "energy", "macs")
+RANK_FLOOR = 8
 
 
 @dataclass
@@ -74,6 +75,12 @@ class _Layer:
     def max_useful_rank(self) -> int:
         return min(len(self.s), self.cin)
 
+    def min_rank(self) -> int:
+        """The floor below which a factorisation is never chosen automatically: RANK_FLOOR channels, or
+        1/16 of the input channels if more, capped at what the layer has. A 3-channel RGB stem's floor
+        is its full rank, where the pair saves nothing: it is never cut to rank 1."""
+        return min(self.max_useful_rank(), max(RANK_FLOOR, math.ceil(self.cin / 16)))
+
 
 class BottleneckPass(GraphPass):
     name = "bottleneck"
@@ -86,7 +93,8 @@ class BottleneckPass(GraphPass):
             raise UserInputError(f"unknown bottleneck mode {mode!r}: use rank=N, ratio=F, energy=F or macs=F")
         self.mode, self.value, self.layers = mode, value, layers
         self.calibration = calibration
-        self.input_shape = input_shape
+        # {input name: shape}, or one shape for a single-input model; the pipeline fills it in.
+        self.input_shapes = input_shape
         self.chosen: dict[str, dict] = {}
 
     @classmethod
@@ -150,17 +158,20 @@ class BottleneckPass(GraphPass):
     def _candidates(self, model: ir.Model) -> list[_Layer]:
         from ..inspect import inspect_model
 
-        shape = self.input_shape or _recorded_shape(model)
-        report = inspect_model(ir.to_proto(model), shape)
+        report = inspect_model(ir.to_proto(model), self.input_shapes)
+        self._total_macs = report.totals.macs
         out_shapes = {l.name: l.output_shape for l in report.layers}
-        layers = []
+        layers, grouped = [], []
         for node in model.graph:
             if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
                 continue
             if self.layers and node.name not in self.layers:
                 continue
             w = const(node.inputs[1])
-            if w is None or w.ndim != 4 or attr(node, "group", 1) != 1:
+            if w is None or w.ndim != 4:
+                continue
+            if attr(node, "group", 1) != 1:
+                grouped.append(node.name)
                 continue
             if w.shape[2] * w.shape[3] == 1 and not (self.layers and node.name in self.layers):
                 # A 1x1 conv split into two thin 1x1 convs runs slower than its MAC count says
@@ -172,26 +183,30 @@ class BottleneckPass(GraphPass):
             if not in_shape or not out_shape:
                 continue
             layers.append(_Layer(node, w, in_shape[2] * in_shape[3], out_shape[2] * out_shape[3]))
+        if grouped:
+            # A grouped conv already has 1/groups of a dense conv's weights per output; its per-group
+            # matrices are small, and a depthwise one (Cin/groups = 1) has no rank to cut.
+            self.note(f"left {len(grouped)} grouped/depthwise convolution(s) as they are: only dense convolutions "
+                      "are factorised")
         return layers
 
     def _choose_ranks(self, layers: list[_Layer], model: ir.Model) -> dict[str, int]:
         if self.mode == "rank":
             return {l.node.name: min(int(self.value), l.max_useful_rank()) for l in layers}
         if self.mode == "ratio":
-            return {l.node.name: max(1, min(round(self.value * l.cin), l.max_useful_rank())) for l in layers}
+            return {l.node.name: max(l.min_rank(), min(round(self.value * l.cin), l.max_useful_rank())) for l in layers}
         if self.mode == "energy":
             out = {}
             for l in layers:
                 energy = np.cumsum(l.s ** 2) / max(float(np.sum(l.s ** 2)), 1e-30)
-                out[l.node.name] = min(int(np.searchsorted(energy, self.value - 1e-12) + 1), l.max_useful_rank())
+                r = min(int(np.searchsorted(energy, self.value - 1e-12) + 1), l.max_useful_rank())
+                out[l.node.name] = max(r, l.min_rank())
             return out
         return self._budget(layers, model)
 
     def _budget(self, layers: list[_Layer], model: ir.Model) -> dict[str, int]:
         """Lagrangian allocation: each layer picks r minimising error(r)^2 * macs + lambda * macs(r)."""
-        from ..inspect import inspect_model
-
-        total = inspect_model(ir.to_proto(model), self.input_shape or _recorded_shape(model)).totals.macs
+        total = self._total_macs
         target = self.value * total
         others = total - sum(l.macs() for l in layers)
 
@@ -199,7 +214,7 @@ class BottleneckPass(GraphPass):
             choice, cost = {}, others
             for l in layers:
                 best_r, best = None, l.macs() * lam  # keeping the layer: no error, full MACs
-                for r in range(1, l.max_useful_rank() + 1):
+                for r in range(l.min_rank(), l.max_useful_rank() + 1):
                     if l.macs(r) >= l.macs():
                         break
                     value = l.error(r) ** 2 * l.macs() + lam * l.macs(r)
@@ -214,8 +229,10 @@ class BottleneckPass(GraphPass):
             hi *= 2
         choice, cost = pick(hi)
         if cost > target:
-            self.note(f"macs={self.value:g}: factorising the KxK convolutions reaches {cost / total:.2f} of the MACs at "
-                      "most; 1x1 convolutions are left alone unless named in --bottleneck-layers")
+            raise UserInputError(
+                f"--bottleneck macs={self.value:g} cannot be reached: factorising the dense KxK convolutions down to "
+                f"their rank floor (at least {RANK_FLOOR} channels) leaves {cost / total:.2f} of the MACs; ask for "
+                f"macs={math.ceil(cost / total * 100) / 100:g} or more, or name 1x1 layers in --bottleneck-layers")
         for _ in range(40):
             mid = (lo + hi) / 2
             c, cost = pick(mid)
@@ -260,13 +277,3 @@ class BottleneckPass(GraphPass):
             evals = np.maximum(evals, 1e-6 * max(float(evals.max()), 1e-12))
             l.whiten = (evecs * np.sqrt(evals)) @ evecs.T
             l.whiten_inv = (evecs / np.sqrt(evals)) @ evecs.T
-
-
-def _recorded_shape(model: ir.Model):
-    recorded = model.metadata_props.get("deploykit.input_shape")
-    if recorded:
-        return tuple(int(v) for v in recorded.split(","))
-    shape = model.graph.inputs[0].shape
-    if shape is not None and all(isinstance(d, int) for d in shape):
-        return tuple(int(d) for d in shape)
-    raise UserInputError("the bottleneck pass needs the input shape: give --input-shape")

@@ -135,3 +135,32 @@ def test_fold_on_a_training_mode_export_matches_pytorch(tmp_path):
     with torch.no_grad():
         want = net(x).numpy()
     np.testing.assert_allclose(ort_run(model, {"input": x.numpy()})[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_bn_after_add_of_conv_transpose_and_conv_folds_into_both():
+    """BN(ConvTranspose(a) + Conv(b)): both layers absorb the scale, one bias the shift; outputs unchanged."""
+    import onnx
+    from onnx import helper
+
+    from conftest import make_model, ort_run, tensor_info, to_ir
+    from deploykit.passes import FoldBatchNormPass
+
+    rng = np.random.default_rng(3)
+    inits = [("wt", rng.standard_normal((4, 6, 2, 2)).astype(np.float32)),
+             ("bt", rng.standard_normal(6).astype(np.float32)),
+             ("wc", rng.standard_normal((6, 3, 3, 3)).astype(np.float32)),
+             ("gamma", rng.uniform(0.5, 2, 6).astype(np.float32)), ("beta", rng.standard_normal(6).astype(np.float32)),
+             ("mean", rng.standard_normal(6).astype(np.float32)), ("var", rng.uniform(0.5, 2, 6).astype(np.float32))]
+    nodes = [helper.make_node("ConvTranspose", ["a", "wt", "bt"], ["up"], strides=[2, 2]),
+             helper.make_node("Conv", ["b", "wc"], ["lat"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["up", "lat"], ["sum"]),
+             helper.make_node("BatchNormalization", ["sum", "gamma", "beta", "mean", "var"], ["y"])]
+    model = make_model(nodes, [tensor_info("a", [1, 4, 5, 5]), tensor_info("b", [1, 3, 10, 10])],
+                       [tensor_info("y", [1, 6, 10, 10])], inits)
+    feeds = {"a": rng.standard_normal((1, 4, 5, 5)).astype(np.float32),
+             "b": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)}
+    reference = ort_run(model, feeds)[0]
+    ir_model = to_ir(model)
+    assert FoldBatchNormPass()(ir_model).modified
+    assert "BatchNormalization" not in [n.op_type for n in ir_model.graph]
+    np.testing.assert_allclose(ort_run(ir_model, feeds)[0], reference, rtol=1e-4, atol=1e-5)
