@@ -196,7 +196,8 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
     if as_json:
         _echo_json(report.to_dict())
         return
-    click.echo(f"verified on {report.validation_data}")
+    click.echo(f"verified on {report.validation_data}; exact passes may move the outputs by {report.exact_limit:.2g} "
+               f"(the model's own float32 noise: {report.noise_floor:.2g})")
     for p in report.passes:
         kind = "exact" if p.exact else "approximate"
         click.echo(f"{p.name} ({kind}): nodes {p.nodes_before} -> {p.nodes_after}, params {p.params_before:,} -> "

@@ -61,11 +61,14 @@ class OptimizeReport:
     output: str | None
     input_shapes: dict[str, list[int]]
     validation_data: str = ""
+    noise_floor: float = 0.0  # max rel deviation between ORT's optimised and unoptimised runs of the input
+    exact_limit: float = 0.0  # what an exact pass may change: max(tolerance, 2 x noise floor)
     passes: list[PassReport] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "input_shapes": self.input_shapes,
-                "validation_data": self.validation_data, "passes": [asdict(p) for p in self.passes]}
+                "validation_data": self.validation_data, "noise_floor": self.noise_floor,
+                "exact_limit": self.exact_limit, "passes": [asdict(p) for p in self.passes]}
 
 
 class _Evaluator:
@@ -77,14 +80,17 @@ class _Evaluator:
         self.output_names = [o.name for o in proto.graph.output]
         self.reference = self._run(proto)
         self.previous = self.reference
+        # The model's own float32 noise: how far ONNX Runtime's optimisations (fusions that reorder the
+        # same arithmetic) move it on this data. On a deep detector on real images that is 1.2e-4, more
+        # than a fixed 1e-4 tolerance: an exact pass is judged against whichever is larger.
+        unoptimized = run_batched_session(cpu_session(proto, "disable", label=self.label), validation.feeds)
+        self.noise_floor = worst(compare(self.output_names, self.reference, unoptimized)).max_rel
         from .validation import accuracy
 
         self.reference_accuracy = accuracy(self.reference[0], validation.labels)
 
     def _run(self, proto):
-        from .validation import run_batched
-
-        return run_batched(cpu_session(proto, label=self.label), self.validation.feeds)
+        return run_batched_session(cpu_session(proto, label=self.label), self.validation.feeds)
 
     def measure(self, proto):
         """(deviation from the input model, deviation from the previous step, validation figures)."""
@@ -101,6 +107,12 @@ class _Evaluator:
                    "accuracy_before": self.reference_accuracy,
                    "accuracy_after": accuracy(outs[0], self.validation.labels), "data": self.validation.source}
         return deviation, step, figures
+
+
+def run_batched_session(session, feeds):
+    from .validation import run_batched
+
+    return run_batched(session, feeds)
 
 
 def _cast_feeds(session, feeds):
@@ -147,8 +159,10 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
 
     validation = load_validation(validate, read_signature(proto), shapes, calibration=calibration)
     evaluator = _Evaluator(proto, validation, label=str(model_path))
+    exact_limit = max(tolerance, 2 * evaluator.noise_floor)
     report = OptimizeReport(str(model_path), str(output_path) if output_path else None,
-                            {k: list(v) for k, v in shapes.items()}, validation.source)
+                            {k: list(v) for k, v in shapes.items()}, validation.source, evaluator.noise_floor,
+                            exact_limit)
     for p in passes:
         if getattr(p, "input_shapes", "absent") is None:
             p.input_shapes = shapes  # passes that sample the model (fp16's overflow guard) run at these shapes
@@ -169,9 +183,11 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
             p.name, p.exact, result.modified, list(p.notes), stats[0], after[0], stats[1], after[1],
             stats[2], after[2], deviation.max_abs, deviation.max_rel, step.max_abs, step.max_rel, seconds, figures))
         stats = after
-        if p.exact and step.max_rel > tolerance:
-            raise VerificationError(f"pass {p.name} changed the model's outputs beyond tolerance {tolerance:g}: "
-                                    f"{step.describe()}; nothing was written")
+        if p.exact and step.max_rel > exact_limit:
+            floor = (f" (twice the model's own float32 noise, {evaluator.noise_floor:.2g})"
+                     if exact_limit > tolerance else "")
+            raise VerificationError(f"pass {p.name} changed the model's outputs beyond tolerance {exact_limit:.3g}"
+                                    f"{floor}: {step.describe()}; nothing was written")
         if max_error is not None and deviation.max_rel > max_error:
             raise VerificationError(f"after pass {p.name} the outputs deviate by {deviation.max_rel:.3g} relative, "
                                     f"above --max-error {max_error:g}: {deviation.describe()}; nothing was written")

@@ -1,0 +1,118 @@
+"""Real trained models from another framework: the PP-OCR detector, direction classifier and recogniser
+that ship inside the rapidocr-onnxruntime wheel (Paddle exports, opsets 11-12, dynamic and -1 dims,
+run-time shape arithmetic, HardSigmoid/HardSwish, ConvTranspose decoders).
+
+Each goes through inspect and optimize (default, fp16, int8), and rapidocr's own OCR pipeline runs
+end to end on images rendered here with PIL: with the original models and with deploykit's. Default
+and fp16 must read exactly the same text; int8's line agreement is measured and reported as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rapidocr = pytest.importorskip("rapidocr_onnxruntime", reason="rapidocr-onnxruntime is in the test extra")
+
+from deploykit import inspect_model  # noqa: E402
+from deploykit.optimize import optimize_model  # noqa: E402
+
+MODELS = Path(rapidocr.__file__).parent / "models"
+DET, CLS, REC = (MODELS / "ch_PP-OCRv4_det_infer.onnx", MODELS / "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                 MODELS / "ch_PP-OCRv4_rec_infer.onnx")
+SHAPES = {"det": (1, 3, 320, 640), "cls": (1, 3, 48, 192), "rec": (1, 3, 48, 320)}
+LINES = ["deploykit proves every step", "Invoice 2026-11-21 total 418.75", "The quick brown fox jumps",
+         "ONNX Runtime 1.31 on the CPU", "Shipment 7731 arrives Monday", "Call 555-0142 before noon"]
+
+
+def render(lines, width=780):
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=32)
+    image = Image.new("RGB", (width, 60 * len(lines) + 40), "white")
+    draw = ImageDraw.Draw(image)
+    for i, text in enumerate(lines):
+        draw.text((20, 20 + 60 * i), text, fill="black", font=font)
+    return np.asarray(image)
+
+
+def _normalized(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """What rapidocr feeds its models: RGB resized, scaled to [-1, 1], CHW."""
+    from PIL import Image
+
+    resized = np.asarray(Image.fromarray(image).resize((width, height)), dtype=np.float32) / 255.0
+    return ((resized - 0.5) / 0.5).transpose(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """Calibration/validation sets from rendered text, at each model's input size."""
+    root = tmp_path_factory.mktemp("ppocr")
+    rng = np.random.default_rng(0)
+    pages = [render(rng.permutation(LINES)[:3].tolist()) for _ in range(6)]
+    strips = [render([line], width=40 + 20 * len(line)) for line in LINES]
+    files = {}
+    for kind, images in (("det", pages), ("cls", strips), ("rec", strips)):
+        _, _, h, w = SHAPES[kind]
+        files[kind] = root / f"{kind}.npy"
+        np.save(files[kind], np.stack([_normalized(im, h, w) for im in images]))
+    return root, files
+
+
+@pytest.fixture(scope="module")
+def optimized(samples):
+    root, files = samples
+    out = {}
+    for kind, source in (("det", DET), ("cls", CLS), ("rec", REC)):
+        for variant, options in (("default", {}), ("fp16", {"fp16": True}),
+                                 ("int8", {"int8": True, "calibration": str(files[kind])})):
+            path = root / f"{kind}_{variant}.onnx"
+            report = optimize_model(source, path, input_shape=SHAPES[kind], validate=str(files[kind]), **options)
+            out[(kind, variant)] = (path, report)
+    return out
+
+
+def _read(det, cls, rec, image):
+    from rapidocr_onnxruntime import RapidOCR
+
+    engine = RapidOCR(det_model_path=str(det), cls_model_path=str(cls), rec_model_path=str(rec))
+    result, _ = engine(image)
+    return [line[1] for line in result or []]
+
+
+@pytest.mark.parametrize("kind,model", [("det", DET), ("cls", CLS), ("rec", REC)])
+def test_inspect_reads_the_paddle_exports(kind, model):
+    report = inspect_model(model, SHAPES[kind])
+    assert report.totals.params > 100_000 and report.totals.macs > 10_000_000
+    assert report.input_shapes == {"x": list(SHAPES[kind])}
+
+
+def test_every_pass_runs_and_reports_on_real_data(optimized):
+    for (kind, variant), (path, report) in optimized.items():
+        assert path.exists(), (kind, variant)
+        assert "validation data" in report.validation_data
+        last = report.passes[-1]
+        if variant == "default":
+            # Exact passes stay within max(1e-4, twice ORT's own optimised-vs-unoptimised difference on
+            # this data); the detector's noise floor on real text is about 1.2e-4.
+            assert report.noise_floor > 0 and report.exact_limit == max(1e-4, 2 * report.noise_floor)
+            assert all(p.max_rel <= report.exact_limit for p in report.passes), (kind, report.exact_limit)
+        if variant == "int8" and kind != "rec":
+            assert any("upgraded the model from opset 1" in n for n in last.notes) or kind == "det"
+        if kind in ("cls", "rec"):
+            assert last.top1_agreement is not None
+
+
+def test_ocr_pipeline_reads_the_same_text_with_deploykits_models(optimized):
+    image = render(LINES[:4])
+    original = _read(DET, CLS, REC, image)
+    assert len(original) == 4 and "The quick brown fox jumps" in original  # the reference pipeline reads the page
+    for variant in ("default", "fp16"):
+        got = _read(*(optimized[(kind, variant)][0] for kind in ("det", "cls", "rec")), image)
+        assert got == original, variant
+    int8 = _read(*(optimized[(kind, "int8")][0] for kind in ("det", "cls", "rec")), image)
+    agreement = sum(a == b for a, b in zip(int8, original)) / len(original)
+    print(f"int8 PP-OCR: {agreement:.0%} of lines identical ({int8} vs {original})")
+    assert int8 and 0.0 <= agreement <= 1.0
