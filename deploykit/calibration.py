@@ -40,7 +40,7 @@ def load_calibration(spec, model=None, input_shape=None) -> np.ndarray:
     data = np.asarray(data)
     if data.dtype.kind not in "fiub":
         raise UserInputError(f"calibration data holds {data.dtype} values: give numeric (N, C, H, W) images")
-    data = data.astype(np.float32)
+    data = data.astype(np.float32, copy=False)
     if data.ndim == 3:
         data = data[:, None]
     if data.ndim != 4 or data.size == 0:
@@ -100,9 +100,8 @@ def _images(folder: Path, shape) -> np.ndarray:
     return np.stack(out)
 
 
-def layer_inputs(model, value_names: list[str], data, batch: int = 32) -> dict[str, np.ndarray]:
-    """Run the model on `data` (an array for its only input, or {input name: array}) and return the
-    named intermediate tensors."""
+def _intermediate_session(model, value_names):
+    """A session over `model` (an onnx_ir Model) that also returns the named intermediate tensors."""
     import onnx
     import onnx_ir as ir
 
@@ -114,16 +113,38 @@ def layer_inputs(model, value_names: list[str], data, batch: int = 32) -> dict[s
         if name not in existing:
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
     # No graph optimisation: fusions would make the intermediate tensors asked for disappear.
-    session = cpu_session(proto, optimization="disable")
+    return cpu_session(proto, optimization="disable")
+
+
+def _batches(session, data, batch):
     feeds = data if isinstance(data, dict) else {session.get_inputs()[0].name: data}
     fixed = session.get_inputs()[0].shape[0]
     batch = fixed if isinstance(fixed, int) and fixed > 0 else batch
     total = len(next(iter(feeds.values())))
-    parts: dict[str, list] = {n: [] for n in value_names}
     for i in range(0, total, batch):
-        outs = session.run(value_names, {n: a[i:i + batch] for n, a in feeds.items()})
-        for n, o in zip(value_names, outs):
+        yield {n: a[i:i + batch] for n, a in feeds.items()}
+
+
+def layer_inputs(model, value_names: list[str], data, batch: int = 32) -> dict[str, np.ndarray]:
+    """Run the model on `data` (an array for its only input, or {input name: array}) and return the
+    named intermediate tensors."""
+    session = _intermediate_session(model, value_names)
+    parts: dict[str, list] = {n: [] for n in value_names}
+    for feeds in _batches(session, data, batch):
+        for n, o in zip(value_names, session.run(value_names, feeds)):
             parts[n].append(o)
     # Scalars and other batch-independent tensors (a ReLU6's bound, a GELU's constant) are the same
     # for every batch: keep one. The rest are stacked along the batch axis.
     return {n: (np.concatenate(v) if v[0].ndim and len(v) > 1 else v[0]) for n, v in parts.items()}
+
+
+def layer_peaks(model, value_names: list[str], data, batch: int = 4) -> dict[str, float]:
+    """max |value| of each named float tensor over `data`, kept as a running maximum: memory stays that
+    of one small batch's intermediate tensors, however many samples there are."""
+    session = _intermediate_session(model, value_names)
+    peaks: dict[str, float] = {}
+    for feeds in _batches(session, data, batch):
+        for n, o in zip(value_names, session.run(value_names, feeds)):
+            if o.dtype.kind == "f" and o.size:
+                peaks[n] = max(peaks.get(n, 0.0), float(np.max(np.abs(o))))
+    return peaks

@@ -218,7 +218,11 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
 
         proto = io.load_model(model_path, load_weights=False)
         first = next(iter(resolve_input_shapes(proto, input_shape).values()), None)
-        calibration = load_calibration(calibration, None, first)
+        same_file = validate is not None and Path(str(validate)).suffix == ".npy" and str(validate) == str(calibration)
+        if same_file:
+            validate = calibration = load_calibration(calibration, None, first)  # one copy in memory, not two
+        else:
+            calibration = load_calibration(calibration, None, first)
     passes = build_pipeline(fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv, bottleneck=bottleneck,
                             bottleneck_layers=bottleneck_layers, fp16=fp16, fp16_io=fp16_io, int8=int8,
                             calibration=calibration, calibration_method=calibration_method, ort_layout=ort_layout)

@@ -117,11 +117,11 @@ def _checked(name, array, spec, kind) -> np.ndarray:
     if spec.is_float:
         if array.dtype.kind not in "fiub":
             raise UserInputError(f"{kind} for input {name!r} holds {array.dtype} values, not numbers")
-        array = array.astype(spec.dtype)
+        array = array.astype(spec.dtype, copy=False)
         if not np.isfinite(array).all():
             raise UserInputError(f"{kind} for input {name!r} has NaN or infinite values")
     else:
-        array = array.astype(spec.dtype)
+        array = array.astype(spec.dtype, copy=False)
     if spec.dims is not None:
         if array.ndim == 3 and len(spec.dims) == 4:
             array = array[:, None]  # (N, H, W) grey images
@@ -150,7 +150,7 @@ def run_batched(session, feeds: dict[str, np.ndarray], batch: int = BATCH) -> li
         if not parts:
             parts = [[] for _ in outs]
         for acc, o in zip(parts, outs):
-            acc.append(np.asarray(o, dtype=np.float64))
+            acc.append(np.asarray(o, dtype=np.float32))  # float32 storage: compare() widens per output
     if not parts:
         raise UserInputError(f"the model's batch is fixed at {fixed}: give at least {fixed} validation samples")
     return [np.concatenate(p) if p[0].ndim else p[0] for p in parts]

@@ -117,3 +117,13 @@ def test_real_console_script_hides_traceback_unless_debug(tmp_path):
     assert quiet.stderr.strip().count("\n") == 0 and "Traceback" not in quiet.stderr
     loud = subprocess.run(exe + ["--debug", "inspect", str(tmp_path / "missing.onnx")], capture_output=True, text=True)
     assert loud.returncode != 0 and "Traceback" in loud.stderr
+
+
+def test_every_option_has_help_and_json_means_stdout_everywhere():
+    from deploykit.cli import cli as group
+
+    for name, command in group.commands.items():
+        for param in command.params:
+            if isinstance(param, __import__("click").Option):
+                assert param.help, f"deploykit {name} {param.opts[0]} has no help text"
+        assert any("--json" in getattr(p, "opts", []) and p.is_flag for p in command.params), name

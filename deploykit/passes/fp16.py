@@ -155,7 +155,7 @@ class Float16Pass(GraphPass):
         """Max |value| of every float tensor on the sample data: the calibration set if given, else
         random samples at the model's input shapes. Every model gets the guard, with or without
         deploykit's metadata; the report says what it was measured on."""
-        from ..calibration import layer_inputs
+        from ..calibration import layer_peaks
         from ..signature import read_signature
         from ..validation import load_validation
 
@@ -165,8 +165,7 @@ class Float16Pass(GraphPass):
         samples = load_validation(None, signature, shapes, calibration=self.sample)
         self.note(f"overflow guard measured on {samples.source}")
         names = [o.name for n in model.graph for o in n.outputs if o is not None and o.name and o.dtype in (None, FLOAT)]
-        values = layer_inputs(model, names, samples.feeds)
-        peaks = {n: float(np.max(np.abs(a))) for n, a in values.items() if a.dtype.kind == "f" and a.size}
+        peaks = layer_peaks(model, names, samples.feeds)
         for name, array in samples.feeds.items():
             if array.dtype.kind == "f":
                 peaks[name] = float(np.max(np.abs(array)))

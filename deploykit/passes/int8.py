@@ -28,7 +28,8 @@ METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 MIN_OPSET = 13
-CALIBRATION_CHUNK = 8  # samples whose intermediate tensors are held at once during calibration
+CALIBRATION_CHUNK = 16  # at most this many samples' statistics are collected per range
+CALIBRATION_BUDGET = 1 << 30  # bytes of intermediate tensors a histogram range may hold
 
 
 class QuantizeInt8Pass(RebuildPass):
@@ -65,8 +66,10 @@ class QuantizeInt8Pass(RebuildPass):
                                  f"{input_value.name!r} expects {[d if isinstance(d, int) and d > 0 else '?' for d in list(expected)[1:]]}")
         first = expected[0] if expected is not None and len(expected) else None
         fixed_batch = first if isinstance(first, int) and first > 0 else None
-        # Histogram methods (entropy, percentile) need equal-sized batches; single samples always are.
-        step = fixed_batch or (8 if self.method == "minmax" else 1)
+        # One sample per run unless the batch is fixed: ORT's calibration session holds every intermediate
+        # tensor of the batch it runs (the PP-OCR detector at 736x1184: 1.2 GiB a sample; 8 at once took
+        # 12 GB), and histogram methods need equal-sized batches, which single samples always are.
+        step = fixed_batch or 1
         # A fixed batch dimension takes only whole batches; a dynamic one takes the remainder too.
         stop = len(data) - len(data) % step if fixed_batch else len(data)
         if stop == 0:
@@ -90,10 +93,12 @@ class QuantizeInt8Pass(RebuildPass):
                 span = next(self._pending, None)
                 return None if span is None else {input_value.name: data[span[0]:span[1]]}
 
-        # ORT folds what it collected into ranges/histograms after each range of batches, so only
-        # about CALIBRATION_CHUNK samples' intermediate tensors are held at once, whatever the set's size.
-        # The range must divide the batch count: the largest divisor that fits the chunk.
-        per_range = max(1, CALIBRATION_CHUNK // step)
+        # ORT folds what it collected into ranges/histograms after each range of batches, so only one
+        # range's intermediate tensors are held at once, whatever the set's size. Histogram methods keep
+        # whole tensors: as many samples as fit CALIBRATION_BUDGET; min/max keeps two numbers a tensor.
+        # The range must divide the batch count: the largest divisor that fits.
+        per_sample = self._activation_bytes(model, data.shape[1:]) if self.method != "minmax" else 0
+        per_range = max(1, min(CALIBRATION_CHUNK, CALIBRATION_BUDGET // max(per_sample, 1)) // step)
         stride = max(d for d in range(1, min(per_range, len(batches)) + 1) if len(batches) % d == 0)
 
         ort_target = self.target == "ort"
@@ -131,6 +136,16 @@ class QuantizeInt8Pass(RebuildPass):
         self.note(f"{self.int8_convs} of {self.total_convs} convolution(s) run in int8"
                   + (" (QLinearConv after ORT's QDQ fusion)" if ort_target else " (Conv between DequantizeLinear nodes)"))
         return ir.from_proto(quantized)
+
+    @staticmethod
+    def _activation_bytes(model: ir.Model, sample_shape) -> int:
+        """Every intermediate tensor of one sample (what a histogram collector holds), from inspect."""
+        from ..inspect import inspect_model
+
+        try:
+            return inspect_model(ir.to_proto(model), (1, *sample_shape)).totals.activation_bytes
+        except Exception:  # accounting is advisory here: assume the worst, one sample per range
+            return CALIBRATION_BUDGET
 
     def _count_int8_convs(self, proto, path: Path, tmp: Path) -> int:
         if self.target != "ort":

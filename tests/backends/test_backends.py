@@ -115,3 +115,20 @@ def test_ort_trt_runs_with_profiles(exported, tmp_path, monkeypatch):
     with get_backend("ort-trt").runner(path, options) as runner:
         y = runner.infer({"input": np.zeros((4, 3, 64, 64), np.float32)})[0]
     assert y.shape == (4, 1000)
+
+
+@pytest.mark.skipif(not HAS_TRT, reason="needs tensorrt and a CUDA GPU (not on this machine)")
+def test_trt_engine_is_safe_from_many_threads(exported, tmp_path, monkeypatch):
+    """One TensorRT execution context holds a call's shapes and addresses: 8 threads with different
+    batch sizes must each get their own, correct answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path / "cache"))
+    path, _ = exported("resnet18", (1, 3, 64, 64))
+    get_backend("trt").build(path, tmp_path / "t.plan", BuildOptions())
+    engine, reference = Engine(tmp_path / "t.plan"), Engine(path)
+    inputs = [np.random.default_rng(i).standard_normal((1 + i % 4, 3, 64, 64)).astype(np.float32) for i in range(32)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(engine, inputs))
+    for x, y in zip(inputs, results):
+        np.testing.assert_allclose(y, reference(x), rtol=1e-2, atol=1e-2)
