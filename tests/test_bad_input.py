@@ -370,3 +370,10 @@ def test_build_carries_external_data_along(cli, corpus, tmp_path, monkeypatch):
     assert cli("build", corpus / "digits.onnx", "--backend", "ort-cpu", "-o", again, "--lean-memory").code == 0
     assert (tmp_path / "built" / "again.onnx.data").exists()
     np.testing.assert_allclose(Engine(again)(x), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_inspect_warns_about_an_opset_the_runtime_lacks(cli, corpus):
+    result = cli("inspect", corpus / "opset40.onnx")
+    assert result.code == 0, result.err
+    assert "warning: the model's opset 40 is newer than this onnxruntime implements" in result.out
+    assert "warning: the model's opset" not in cli("inspect", corpus / "digits.onnx").out
