@@ -71,11 +71,13 @@ class Report:
         }
 
 
-def inspect_model(model, input_shape=None) -> Report:
+def inspect_model(model, input_shape=None, *, weights: bool = True) -> Report:
     """Account for every node of the ONNX model at `model`.
 
     `input_shape` is a shape for a single-input model or {input name: shape}; inputs not given take
-    the shape recorded by `deploykit export`, else the model's own static shape.
+    the shape recorded by `deploykit export`, else the model's own static shape. With weights=False a
+    model file whose weights sit in external data is read without them (sizes come from the dims),
+    and is not re-validated: for deploykit's own staged candidates.
     """
     import onnx
     import onnx_ir as ir
@@ -84,6 +86,9 @@ def inspect_model(model, input_shape=None) -> Report:
         runnable = model  # with its weights, should shapes have to be observed by running it
         proto = _weightless_copy(model)  # the shapes are rewritten below; the caller's model stays as it is
         model = proto.graph.name or "<in-memory model>"
+    elif not weights:
+        proto = io.load_model(model, load_weights=False)
+        runnable = model
     else:
         proto = io.load_model(model)
         _check_valid(proto, model)

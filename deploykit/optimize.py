@@ -9,6 +9,9 @@ int8) reports its deviation and fails only above max_error, when one is given.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,10 +77,11 @@ class OptimizeReport:
 class _Evaluator:
     """Runs each candidate on the validation set and compares it with the input model and the previous step."""
 
-    def __init__(self, proto, validation, label=None):
+    def __init__(self, proto, validation, label=None, runnable=None):
         self.label = label
         self.validation = validation
         self.output_names = [o.name for o in proto.graph.output]
+        proto = runnable or proto  # a path lets ONNX Runtime read the file itself: no serialised copy in Python
         self.reference = self._run(proto)
         self.previous = self.reference
         # The model's own float32 noise: how far ONNX Runtime's optimisations (fusions that reorder the
@@ -124,11 +128,27 @@ def _cast_feeds(session, feeds):
             if name in types}
 
 
-def _stats(proto, shapes):
+def _stats(model, shapes):
+    """(nodes, parameters, MACs) of a ModelProto or a staged model file (read without its weights)."""
     from .inspect import inspect_model
 
-    report = inspect_model(proto, shapes)
+    report = inspect_model(model, shapes, weights=False) if isinstance(model, (str, Path)) else \
+        inspect_model(model, shapes)
     return len(report.layers), report.totals.params, report.totals.macs
+
+
+@contextlib.contextmanager
+def _staged(model):
+    """`model` (onnx_ir) saved to a private temporary folder, weights over 1 KiB in a side file; yields the path."""
+    import onnx_ir as ir
+
+    folder = Path(tempfile.mkdtemp(prefix="deploykit-stage-"))
+    try:
+        path = folder / "model.onnx"
+        ir.save(model, path, external_data="model.onnx.data", size_threshold_bytes=1024)
+        yield str(path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def resolve_input_shapes(proto, given=None) -> dict[str, tuple[int, ...]]:
@@ -158,7 +178,7 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
     from .validation import load_validation
 
     validation = load_validation(validate, read_signature(proto), shapes, calibration=calibration)
-    evaluator = _Evaluator(proto, validation, label=str(model_path))
+    evaluator = _Evaluator(proto, validation, label=str(model_path), runnable=str(model_path))
     exact_limit = max(tolerance, 2 * evaluator.noise_floor)
     report = OptimizeReport(str(model_path), str(output_path) if output_path else None,
                             {k: list(v) for k, v in shapes.items()}, validation.source, evaluator.noise_floor,
@@ -175,10 +195,12 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
         result = p(model)
         model = result.model
         _tidy(model)
-        proto = ir.to_proto(model)
         seconds = time.perf_counter() - start
-        deviation, step, figures = evaluator.measure(proto)
-        after = stats if getattr(p, "preserves_accounting", False) else _stats(proto, shapes)
+        with _staged(model) as staged:
+            # The candidate is written once, weights in a side file: ONNX Runtime and the accounting both
+            # read it from there, so no second protobuf copy of a large model is ever held in memory.
+            deviation, step, figures = evaluator.measure(staged)
+            after = stats if getattr(p, "preserves_accounting", False) else _stats(staged, shapes)
         report.passes.append(PassReport(
             p.name, p.exact, result.modified, list(p.notes), stats[0], after[0], stats[1], after[1],
             stats[2], after[2], deviation.max_abs, deviation.max_rel, step.max_abs, step.max_rel, seconds, figures))
@@ -192,6 +214,9 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
             raise VerificationError(f"after pass {p.name} the outputs deviate by {deviation.max_rel:.3g} relative, "
                                     f"above --max-error {max_error:g}: {deviation.describe()}; nothing was written")
     if output_path is not None:
+        del proto, evaluator  # the input's protobuf and the reference outputs are no longer needed
+        proto = ir.to_proto(model)
+        del model, result  # the IR still held the input's weights: free them before serialising the output
         io.set_metadata(proto, {"passes": ",".join(p.name for p in passes),
                                 "optimize_max_rel": f"{max((r.max_rel for r in report.passes), default=0.0):.3e}"})
         io.save_model(proto, output_path, inputs=inputs)
