@@ -54,6 +54,16 @@ def _named_shapes_value(ctx, param, values):
         raise click.BadParameter(str(exc)) from None
 
 
+def _profile_value(ctx, param, values):
+    """--min/opt/max-shape: a bare shape (the first input) or NAME:SHAPE pairs, as BuildOptions takes them."""
+    shapes = _named_shapes_value(ctx, param, values)
+    if not shapes:
+        return None
+    if None in shapes:
+        return shapes[None]
+    return tuple(sorted(shapes.items()))
+
+
 def _shape_option(help_text="input shape, e.g. 1,3,224,224"):
     return click.option("--input-shape", "input_shape", multiple=True, callback=_named_shapes_value,
                         help=help_text + "; NAME:1,3,224,224 for one input of several (repeatable)")
@@ -264,9 +274,12 @@ def slide(model, image_size, image_path, stride, output, check, as_json):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="artefact to write (.onnx or .plan)")
 @click.option("--fp16", is_flag=True, help="allow float16 kernels (TensorRT backends)")
 @click.option("--int8", is_flag=True, help="INT8 (give the QDQ model from 'optimize --int8 --target tensorrt')")
-@click.option("--min-shape", callback=_shape_value, default=None, help="TensorRT profile: minimum input shape")
-@click.option("--opt-shape", callback=_shape_value, default=None, help="TensorRT profile: optimum input shape")
-@click.option("--max-shape", callback=_shape_value, default=None, help="TensorRT profile: maximum input shape")
+@click.option("--min-shape", multiple=True, callback=_profile_value,
+              help="TensorRT profile: minimum input shape, [NAME:]1,3,224,224 (repeatable, one per input)")
+@click.option("--opt-shape", multiple=True, callback=_profile_value,
+              help="TensorRT profile: optimum input shape, [NAME:]8,3,224,224 (repeatable)")
+@click.option("--max-shape", multiple=True, callback=_profile_value,
+              help="TensorRT profile: maximum input shape, [NAME:]32,3,224,224 (repeatable)")
 @click.option("--workspace", "workspace_mb", type=click.IntRange(1), default=None,
               help="TensorRT workspace limit, in MiB  [default: TensorRT's]")
 @click.option("--lean-memory", is_flag=True, help="ort-cpu: weights in a side file that ONNX Runtime maps, not copies")

@@ -20,19 +20,41 @@ import numpy as np
 from ..errors import BackendUnavailableError, UserInputError
 
 
+Shape = tuple[int, ...]
+# A profile shape is one shape (the model's only, or first, dynamic input) or, for several inputs,
+# a tuple of (input name, shape) pairs, as trtexec's and Polygraphy's NAME:SHAPE forms give them.
+ProfileShape = Shape | tuple[tuple[str, Shape], ...]
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     fp16: bool = False
     int8: bool = False
-    min_shape: tuple[int, ...] | None = None
-    opt_shape: tuple[int, ...] | None = None
-    max_shape: tuple[int, ...] | None = None
+    min_shape: ProfileShape | None = None
+    opt_shape: ProfileShape | None = None
+    max_shape: ProfileShape | None = None
     workspace_mb: int | None = None
     lean_memory: bool = False
 
     @property
     def precision(self) -> str:
         return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+
+    def profile(self, name: str, first: bool) -> tuple[Shape, Shape, Shape] | None:
+        """(min, opt, max) for input `name` (`first`: it is the model's first input), or None if not given.
+        Missing bounds fall back to opt, then min, as trtexec does."""
+        def pick(value):
+            if value is None:
+                return None
+            if value and isinstance(value[0], tuple):
+                return dict(value).get(name)
+            return tuple(value) if first else None
+
+        lo, opt, hi = pick(self.min_shape), pick(self.opt_shape), pick(self.max_shape)
+        if lo is None and opt is None and hi is None:
+            return None
+        opt = opt or lo or hi
+        return lo or opt, opt, hi or opt
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -58,11 +58,13 @@ class OrtBackend(Backend):
                 "trt_fp16_enable": options.fp16, "trt_int8_enable": options.int8}
         if options.workspace_mb:
             opts["trt_max_workspace_size"] = int(options.workspace_mb) << 20
-        if options.min_shape and model is not None:
-            name = _input_name(model)
-            for key, shape in (("min", options.min_shape), ("opt", options.opt_shape or options.min_shape),
-                               ("max", options.max_shape or options.opt_shape or options.min_shape)):
-                opts[f"trt_profile_{key}_shapes"] = f"{name}:{'x'.join(map(str, shape))}"
+        if model is not None and any((options.min_shape, options.opt_shape, options.max_shape)):
+            names = _input_names(model)
+            bounds = {n: options.profile(n, i == 0) for i, n in enumerate(names)}
+            for idx, key in enumerate(("min", "opt", "max")):
+                given = [f"{n}:{'x'.join(map(str, b[idx]))}" for n, b in bounds.items() if b is not None]
+                if given:
+                    opts[f"trt_profile_{key}_shapes"] = ",".join(given)
         return opts
 
     def build(self, model: Path, output: Path, options: BuildOptions) -> BuildResult:
@@ -145,7 +147,7 @@ def _create_session(ort, model: Path, options, providers):
         raise runtime_refusal(model, exc) from exc
 
 
-def _input_name(model: Path) -> str:
+def _input_names(model: Path) -> list[str]:
     import onnx
 
     from ..io import graph_inputs
@@ -153,4 +155,4 @@ def _input_name(model: Path) -> str:
     inputs = graph_inputs(onnx.load(str(model), load_external_data=False))
     if not inputs:
         raise UserInputError(f"{model} has no inputs")
-    return inputs[0].name
+    return [i.name for i in inputs]

@@ -109,7 +109,7 @@ class TrtBackend(Backend):
                 tensor = network.get_input(i)
                 dims = list(tensor.shape)
                 if any(d < 0 for d in dims):
-                    lo, opt, hi = _profile(dims, options, model)
+                    lo, opt, hi = _profile(tensor.name, i == 0, options, model)
                     profile.set_shape(tensor.name, lo, opt, hi)
                     profiles[tensor.name] = [lo, opt, hi]
             if profiles:
@@ -138,20 +138,21 @@ class TrtBackend(Backend):
         return TrtRunner(artefact)
 
 
-def _profile(dims, options: BuildOptions, model: Path):
-    if options.opt_shape or options.min_shape:
-        opt = list(options.opt_shape or options.min_shape)
-        lo = list(options.min_shape or opt)
-        hi = list(options.max_shape or opt)
-        return lo, opt, hi
+def _profile(name: str, first: bool, options: BuildOptions, model: Path):
+    given = options.profile(name, first)
+    if given is not None:
+        return tuple(list(s) for s in given)
     import onnx
 
     from ..io import get_metadata
+    from ..signature import recorded_shapes
 
-    recorded = get_metadata(onnx.load(str(model), load_external_data=False)).get("input_shape")
+    proto = onnx.load(str(model), load_external_data=False)
+    recorded = recorded_shapes(get_metadata(proto), [name]).get(name)
     if not recorded:
-        raise UserInputError("the model has dynamic inputs and records no input shape: give --min-shape/--opt-shape/--max-shape")
-    opt = [int(v) for v in recorded.split(",")]
+        raise UserInputError(f"input {name!r} is dynamic and the model records no shape for it: give "
+                             f"--min-shape/--opt-shape/--max-shape {name}:SHAPE")
+    opt = list(recorded)
     lo = [1] + opt[1:]
     hi = [max(opt[0], 32)] + opt[1:]
     return lo, opt, hi

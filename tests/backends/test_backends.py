@@ -132,3 +132,25 @@ def test_trt_engine_is_safe_from_many_threads(exported, tmp_path, monkeypatch):
         results = list(pool.map(engine, inputs))
     for x, y in zip(inputs, results):
         np.testing.assert_allclose(y, reference(x), rtol=1e-2, atol=1e-2)
+
+
+def test_profile_shapes_by_input_name(tmp_path, monkeypatch):
+    """--min/opt/max-shape NAME:SHAPE reach ONNX Runtime's TensorRT EP as its NAME:AxB,... strings (no GPU needed)."""
+    import onnx
+    from onnx import helper
+
+    from conftest import make_model, tensor_info
+    from deploykit.backends.ort import OrtBackend
+
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path / "cache"))
+    model = make_model([helper.make_node("Add", ["a", "b"], ["y"])],
+                       [tensor_info("a", ["batch", 4]), tensor_info("b", ["batch", 4])], [tensor_info("y", ["batch", 4])])
+    path = tmp_path / "two.onnx"
+    onnx.save(model, str(path))
+    named = BuildOptions(min_shape=(("a", (1, 4)), ("b", (1, 4))), max_shape=(("a", (16, 4)), ("b", (16, 4))))
+    opts = OrtBackend("ort-trt").provider_options(named, path)
+    assert opts["trt_profile_min_shapes"] == "a:1x4,b:1x4"
+    assert opts["trt_profile_opt_shapes"] == "a:1x4,b:1x4"  # opt falls back to min, as trtexec does
+    assert opts["trt_profile_max_shapes"] == "a:16x4,b:16x4"
+    bare = OrtBackend("ort-trt").provider_options(BuildOptions(min_shape=(2, 4)), path)
+    assert bare["trt_profile_min_shapes"] == "a:2x4"  # a bare shape is the first input's
