@@ -88,7 +88,7 @@ def resolve_target(spec: str, workdir: Path) -> Target:
         raise UserInputError(f"{spec} is neither a zoo name nor a file: give an ONNX model, a built artefact or a zoo name")
     if path.suffix == ".plan":
         return Target(spec, None, {"trt": str(path)}, None)
-    from .io import get_metadata, load_model
+    from .io import load_model
 
     from .signature import read_signature
 

@@ -172,19 +172,15 @@ def _accounted_values(graph):
 
 def _constants_as_values(graph) -> None:
     """A weight stored as a Constant node is a weight: give its value the tensor, as an initializer has."""
+    import onnx_ir as ir
+
     for node in graph:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in node.attributes:
             tensor = node.attributes["value"].value
             out = node.outputs[0]
             out.const_value = tensor
-            out.shape = ir_shape(tensor.shape)
+            out.shape = ir.Shape(list(tensor.shape))
             out.dtype = tensor.dtype
-
-
-def ir_shape(dims):
-    import onnx_ir as ir
-
-    return ir.Shape(list(dims))
 
 
 def _observe_shapes(model, shapes, names, label) -> dict:

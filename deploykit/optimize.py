@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .errors import UserInputError, VerificationError
+from .errors import VerificationError
 from .verify import compare, cpu_session, worst
 
 DEFAULT_TOLERANCE = 1e-4
@@ -74,6 +74,12 @@ class OptimizeReport:
                 "exact_limit": self.exact_limit, "passes": [asdict(p) for p in self.passes]}
 
 
+def _run_all(session, feeds):
+    from .validation import run_batched
+
+    return run_batched(session, feeds)
+
+
 class _Evaluator:
     """Runs each candidate on the validation set and compares it with the input model and the previous step."""
 
@@ -87,14 +93,14 @@ class _Evaluator:
         # The model's own float32 noise: how far ONNX Runtime's optimisations (fusions that reorder the
         # same arithmetic) move it on this data. On a deep detector on real images that is 1.2e-4, more
         # than a fixed 1e-4 tolerance: an exact pass is judged against whichever is larger.
-        unoptimized = run_batched_session(cpu_session(proto, "disable", label=self.label), validation.feeds)
+        unoptimized = _run_all(cpu_session(proto, "disable", label=self.label), validation.feeds)
         self.noise_floor = worst(compare(self.output_names, self.reference, unoptimized)).max_rel
         from .validation import accuracy
 
         self.reference_accuracy = accuracy(self.reference[0], validation.labels)
 
     def _run(self, proto):
-        return run_batched_session(cpu_session(proto, label=self.label), self.validation.feeds)
+        return _run_all(cpu_session(proto, label=self.label), self.validation.feeds)
 
     def measure(self, proto):
         """(deviation from the input model, deviation from the previous step, validation figures)."""
@@ -111,21 +117,6 @@ class _Evaluator:
                    "accuracy_before": self.reference_accuracy,
                    "accuracy_after": accuracy(outs[0], self.validation.labels), "data": self.validation.source}
         return deviation, step, figures
-
-
-def run_batched_session(session, feeds):
-    from .validation import run_batched
-
-    return run_batched(session, feeds)
-
-
-def _cast_feeds(session, feeds):
-    """The feeds in the element types this session declares (an fp16-io model takes float16)."""
-    from .runtime import _ORT_DTYPES
-
-    types = {i.name: _ORT_DTYPES.get(i.type) for i in session.get_inputs()}
-    return {name: (a.astype(types[name]) if types.get(name) is not None else a) for name, a in feeds.items()
-            if name in types}
 
 
 def _stats(model, shapes):
