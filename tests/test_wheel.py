@@ -77,6 +77,8 @@ def test_every_verb_runs_from_the_installed_wheel(installed):
     built = json.loads(_run(cli + ["build", "opt.onnx", "--backend", "ort-cpu", "-o", "built.onnx", "--json"],
                             cwd).stdout)
     assert Path(built["artefact"]).name == "built.onnx"
+    packaged = json.loads(_run(cli + ["package", "opt.onnx", "--triton", "repo", "--json"], cwd).stdout)
+    assert packaged["platform"] == "onnxruntime_onnx" and (cwd / "repo" / "opt" / "config.pbtxt").exists()
     bench = json.loads(_run(cli + ["bench", "built.onnx", "--batch", "1", "--iterations", "3", "--warmup", "1",
                                    "--json"], cwd).stdout)
     assert bench["results"][0]["batch"] == 1
