@@ -173,6 +173,12 @@ def inspect_cmd(model, input_shape, as_json):
 @click.option("--validate", "validate", default=None,
               help="data every pass is judged on: what --calibration takes, or an .npz with 'x' (or one array per "
                    "input name) and optional 'y' labels  [default: the calibration data, else random samples]")
+@click.option("--max-accuracy-drop", type=FiniteFloat(min=0, max=100), default=None,
+              help="with --int8: points of accuracy (labelled --validate data) or of top-1 agreement with the float "
+                   "model int8 may cost; layers go back to float, most harmful first, until it holds  "
+                   "[default: 1.0 when --validate is given, else no budget]")
+@click.option("--int8-exclude", multiple=True,
+              help="with --int8: a node name or op type to keep in float (repeatable)")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="with --int8: how activation ranges are chosen  [default: minmax]")
 @click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", help="runtime the graph is shaped for")
@@ -187,8 +193,8 @@ def inspect_cmd(model, input_shape, as_json):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="also write the report as JSON")
 @_json_option("the report")
 def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
-             calibration, validate, calibration_method, target, ort_layout, input_shape, tolerance, max_error,
-             report_path, as_json):
+             calibration, validate, max_accuracy_drop, int8_exclude, calibration_method, target, ort_layout,
+             input_shape, tolerance, max_error, report_path, as_json):
     """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
     from .io import check_output_path, model_files
     from .optimize import optimize_model
@@ -200,7 +206,8 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
                             bottleneck=bottleneck, bottleneck_layers=layers, fp16=fp16, fp16_io=fp16_io,
                             int8=int8, calibration=calibration, calibration_method=calibration_method,
                             ort_layout=ort_layout, input_shape=input_shape, tolerance=tolerance, max_error=max_error,
-                            validate=validate, progress=lambda name: click.echo(f"running {name} ...", err=True))
+                            validate=validate, int8_exclude=int8_exclude, max_accuracy_drop=max_accuracy_drop,
+                            progress=lambda name: click.echo(f"running {name} ...", err=True))
     if report_path:
         _write_report(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
     if as_json:

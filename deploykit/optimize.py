@@ -23,6 +23,7 @@ from .errors import VerificationError
 from .verify import compare, cpu_session, worst
 
 DEFAULT_TOLERANCE = 1e-4
+DEFAULT_ACCURACY_DROP = 1.0  # points of accuracy (or top-1 agreement) int8 may cost when --validate is given
 
 
 @dataclass
@@ -177,6 +178,8 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
     for p in passes:
         if getattr(p, "input_shapes", "absent") is None:
             p.input_shapes = shapes  # passes that sample the model (fp16's overflow guard) run at these shapes
+        if getattr(p, "validation", "absent") is None:
+            p.validation = validation  # passes that judge themselves (int8's accuracy budget) use the same data
     stats = _stats(proto, shapes)
     model = ir.from_proto(proto)
     for p in passes:
@@ -224,7 +227,8 @@ def _tidy(model) -> None:
 def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target="ort", fc_to_conv=False,
                    bottleneck=None, bottleneck_layers=None, fp16=False, fp16_io=False, int8=False,
                    calibration=None, calibration_method=None, ort_layout=False, input_shape=None,
-                   tolerance=DEFAULT_TOLERANCE, max_error=None, progress=None, validate=None) -> OptimizeReport:
+                   tolerance=DEFAULT_TOLERANCE, max_error=None, progress=None, validate=None, int8_exclude=(),
+                   max_accuracy_drop=None) -> OptimizeReport:
     """`deploykit optimize` as a function: build the pipeline for these options and run it verified."""
     from .passes import build_pipeline
 
@@ -239,9 +243,14 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
             validate = calibration = load_calibration(calibration, None, first)  # one copy in memory, not two
         else:
             calibration = load_calibration(calibration, None, first)
+    budget_asked = max_accuracy_drop is not None
+    if int8 and validate is not None and max_accuracy_drop is None:
+        max_accuracy_drop = DEFAULT_ACCURACY_DROP  # real data to judge by: int8 holds a budget by default
     passes = build_pipeline(fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv, bottleneck=bottleneck,
                             bottleneck_layers=bottleneck_layers, fp16=fp16, fp16_io=fp16_io, int8=int8,
-                            calibration=calibration, calibration_method=calibration_method, ort_layout=ort_layout)
+                            calibration=calibration, calibration_method=calibration_method, ort_layout=ort_layout,
+                            int8_exclude=tuple(int8_exclude or ()), max_accuracy_drop=max_accuracy_drop,
+                            budget_asked=budget_asked)
     return run_pipeline(model_path, passes, output_path, input_shape=input_shape, tolerance=tolerance,
                         max_error=max_error, progress=progress, validate=validate,
                         calibration=calibration if calibration is not None else None)

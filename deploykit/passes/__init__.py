@@ -28,7 +28,8 @@ __all__ = ["GraphPass", "CleanupPass", "FoldBatchNormPass", "FuseConvActivationP
 def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort", fc_to_conv: bool = False,
                    bottleneck: str | None = None, bottleneck_layers: list[str] | None = None,
                    fp16: bool = False, fp16_io: bool = False, int8: bool = False, calibration=None,
-                   calibration_method: str | None = None, ort_layout: bool = False) -> list[GraphPass]:
+                   calibration_method: str | None = None, ort_layout: bool = False, int8_exclude=(),
+                   max_accuracy_drop: float | None = None, budget_asked: bool = True) -> list[GraphPass]:
     """The passes `deploykit optimize` runs for these options, in the order that keeps them composable.
 
     Exact structural passes come first; approximating ones after; the ORT fusion last, and only on
@@ -52,6 +53,8 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
                              "(data-aware ranks): add one of them or drop --calibration")
     if calibration_method is not None and not int8:
         raise UserInputError("--calibration-method only applies with --int8: add --int8 or drop it")
+    if (int8_exclude or max_accuracy_drop is not None) and not int8:
+        raise UserInputError("--int8-exclude and --max-accuracy-drop only apply with --int8: add --int8 or drop them")
     calibration_method = calibration_method or "minmax"
     passes: list[GraphPass] = [CleanupPass()]
     if fold:
@@ -67,7 +70,8 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
     if int8:
         from .int8 import QuantizeInt8Pass
 
-        passes.append(QuantizeInt8Pass(calibration, target=target, method=calibration_method))
+        passes.append(QuantizeInt8Pass(calibration, target=target, method=calibration_method, exclude=int8_exclude,
+                                       max_accuracy_drop=max_accuracy_drop, budget_asked=budget_asked))
     elif fp16:
         from .fp16 import Float16Pass
 

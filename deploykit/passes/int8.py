@@ -28,6 +28,8 @@ METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 MIN_OPSET = 13
+RANK_SAMPLES = 16  # validation samples the layer ranking runs on
+SHOWN_LAYERS = 20  # layer names listed in the report line (all of them are in kept_in_float)
 CALIBRATION_CHUNK = 16  # at most this many samples' statistics are collected per range
 CALIBRATION_BUDGET = 1 << 30  # bytes of intermediate tensors a histogram range may hold
 
@@ -36,8 +38,17 @@ class QuantizeInt8Pass(RebuildPass):
     name = "int8"
     exact = False
 
-    def __init__(self, calibration, target: str = "ort", method: str = "minmax", input_shape=None) -> None:
+    def __init__(self, calibration, target: str = "ort", method: str = "minmax", input_shape=None,
+                 exclude=(), max_accuracy_drop: float | None = None, budget_asked: bool = True) -> None:
         super().__init__()
+        # Node names or op types kept in float from the start (--int8-exclude); the budget search adds to them.
+        self.exclude = tuple(exclude)
+        # Points of accuracy (labelled data) or of top-1 agreement with the float model that int8 may
+        # cost; None: no budget. Judged on the pipeline's validation set, which it fills in below.
+        self.max_accuracy_drop = max_accuracy_drop
+        self.budget_asked = budget_asked  # False for the default budget: an unmeasurable model is noted, not refused
+        self.validation = None
+        self.kept_in_float: list[str] = []
         if calibration is None:
             raise UserInputError("--int8 needs --calibration DATA (a folder of images, an .npy/.npz file, or 'digits')")
         if method not in METHODS:
@@ -113,22 +124,42 @@ class QuantizeInt8Pass(RebuildPass):
 
                 proto = version_converter.convert_version(proto, MIN_OPSET)
                 self.note(f"upgraded the model from opset {opset} to {MIN_OPSET}: per-channel int8 weights need it")
+            # Nodes are excluded from quantization by name: Paddle exports leave half of them unnamed.
+            taken = {n.name for n in proto.graph.node}
+            for i, node in enumerate(proto.graph.node):
+                if not node.name:
+                    node.name = next(f"{node.op_type}_{i}{s}" for s in ("", "_", "__", "___") if
+                                     f"{node.op_type}_{i}{s}" not in taken)
+                    taken.add(node.name)
             onnx.save_model(proto, str(src), save_as_external_data=proto.ByteSize() > 2**31 - 1)
-            root = logging.getLogger()
-            level = root.level
-            root.setLevel(logging.ERROR)  # the quantizer logs advice we follow already (shapes are inferred)
-            try:
-                quantize_static(
-                str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8 if ort_target else QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
-                extra_options={"ActivationSymmetric": not ort_target, "WeightSymmetric": True,
-                               "CalibStridedMinMax": stride},
-                )
-            finally:
-                root.setLevel(level)
-            quantized = onnx.load(str(dst))
+            cache = Path(tmp) / "ranges.json"
+
+            def quantize(excluded: list[str]):
+                """The QDQ model with `excluded` nodes in float; calibrates once, then reuses the ranges."""
+                root = logging.getLogger()
+                level = root.level
+                root.setLevel(logging.ERROR)  # the quantizer logs advice we follow already (shapes are inferred)
+                try:
+                    quantize_static(
+                        str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8 if ort_target else QuantType.QInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=list(excluded),
+                        calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
+                        calibration_cache_path=str(cache),
+                        extra_options={"ActivationSymmetric": not ort_target, "WeightSymmetric": True,
+                                       "CalibStridedMinMax": stride},
+                    )
+                finally:
+                    root.setLevel(level)
+                return onnx.load(str(dst))
+
+            base = self._resolve_exclude(proto)
+            quantized = quantize(base)
+            if base:
+                self.note(f"kept {len(base)} node(s) in float as asked (--int8-exclude): {', '.join(base)}")
+            if self.max_accuracy_drop is not None:
+                quantized = self._hold_budget(proto, quantized, base, quantize)
+            onnx.save_model(quantized, str(dst))
             self.int8_convs = self._count_int8_convs(quantized, dst, Path(tmp))
         act = "uint8 (asymmetric) activations, for ONNX Runtime on the CPU" if ort_target else \
             "symmetric int8 activations, for TensorRT"
@@ -136,6 +167,131 @@ class QuantizeInt8Pass(RebuildPass):
         self.note(f"{self.int8_convs} of {self.total_convs} convolution(s) run in int8"
                   + (" (QLinearConv after ORT's QDQ fusion)" if ort_target else " (Conv between DequantizeLinear nodes)"))
         return ir.from_proto(quantized)
+
+    def _resolve_exclude(self, proto) -> list[str]:
+        """--int8-exclude entries as node names: an op type names every node of that type."""
+        names = {n.name for n in proto.graph.node}
+        out = []
+        for item in self.exclude:
+            matches = [n.name for n in proto.graph.node if n.op_type == item] if item not in names else [item]
+            if not matches:
+                raise UserInputError(f"--int8-exclude {item!r} is neither a node name nor an op type of the model; "
+                                     "run 'deploykit inspect' for the names")
+            out += [m for m in matches if m not in out]
+        return out
+
+    def _hold_budget(self, float_proto, quantized, base: list[str], quantize):
+        """Return the most harmful layers to float until int8 costs at most max_accuracy_drop points.
+
+        Cost stays small on models with hundreds of layers: the ranges are calibrated once (cached), the
+        layers are ranked once by the error each adds on a few validation samples (its output's error
+        against the float model, less the largest error among its inputs), and the number of top-ranked
+        layers to keep in float is found by bisection: about log2(layers) quantize-and-validate runs.
+        """
+        from ..errors import VerificationError
+        from ..validation import accuracy, run_batched, top1_agreement
+        from ..verify import cpu_session
+
+        if self.validation is None:
+            raise UserInputError("--max-accuracy-drop needs data to judge by: give --validate DATA")
+        feeds = self.validation.feeds
+        labels = self.validation.labels
+        reference = run_batched(cpu_session(float_proto), feeds)[0]
+
+        def score(outputs) -> float | None:
+            """Accuracy with labels, else top-1 agreement with the float model; in percent."""
+            value = accuracy(outputs, labels) if labels is not None else top1_agreement(reference, outputs)
+            return None if value is None else 100.0 * value
+
+        baseline = score(reference)
+        if baseline is None and not self.budget_asked:
+            self.note("no accuracy budget: the first output has no class axis to measure top-1 agreement on "
+                      "(give --validate data with labels, or judge the deviation with --max-error)")
+            return quantized
+        if baseline is None:
+            raise UserInputError("--max-accuracy-drop needs a classifier-like first output (class scores) to measure "
+                                 "accuracy or top-1 agreement on; this model's has no class axis")
+        what = "accuracy" if labels is not None else "top-1 agreement with the float model"
+
+        def drop_of(model_proto) -> float:
+            return baseline - score(run_batched(cpu_session(model_proto), feeds)[0])
+
+        full_drop = drop_of(quantized)
+        self.note(f"accuracy budget: {what} {baseline:.2f}% in float, {baseline - full_drop:.2f}% with every layer "
+                  f"in int8 (drop {full_drop:.2f} points; budget {self.max_accuracy_drop:g}) on {self.validation.source}")
+        if full_drop <= self.max_accuracy_drop:
+            return quantized
+        ranking = self._rank_layers(float_proto, quantized, base, feeds)
+        lo, hi, best = 0, len(ranking), None
+        tried = 0
+        while lo < hi:  # smallest k whose top-k layers in float hold the budget
+            k = (lo + hi) // 2
+            candidate = quantize(base + ranking[:k])
+            tried += 1
+            if drop_of(candidate) <= self.max_accuracy_drop:
+                hi, best = k, candidate
+            else:
+                lo = k + 1
+        if best is None:
+            candidate = quantize(base + ranking)
+            tried += 1
+            if drop_of(candidate) > self.max_accuracy_drop:
+                raise VerificationError(
+                    f"int8 cannot hold --max-accuracy-drop {self.max_accuracy_drop:g}: even with all {len(ranking)} "
+                    f"ranked layers in float, {what} drops by {drop_of(candidate):.2f} points; nothing was written")
+            best, hi = candidate, len(ranking)
+        self.kept_in_float = ranking[:hi]
+        final_drop = drop_of(best)
+        self.note(f"kept {hi} of {len(ranking)} layer(s) in float to hold the budget ({tried} trial quantization(s)): "
+                  f"{what} {baseline - final_drop:.2f}% (drop {final_drop:.2f} points)")
+        if self.kept_in_float:
+            shown = self.kept_in_float[:SHOWN_LAYERS]
+            more = len(self.kept_in_float) - len(shown)
+            self.note("kept in float, most harmful first: " + ", ".join(shown) + (f" and {more} more" if more else ""))
+        return best
+
+    @staticmethod
+    def _rank_layers(float_proto, quantized, base: list[str], feeds) -> list[str]:
+        """The quantized graph's compute nodes (those fed by DequantizeLinear), most harmful first.
+
+        Names come from the quantized graph, not the float one: ORT's quantizer first optimises the
+        model (fusing HardSwish chains, renaming tensors), and it excludes nodes by those names. A node's
+        harm is the relative error of its output against the float model's tensor of the same name, less
+        the largest such error among its inputs: the error it adds. Nodes whose output has no float
+        twin rank last, but are still candidates, so that returning all of them undoes int8 entirely.
+        """
+        import numpy as np
+
+        from ..calibration import layer_inputs
+
+        producer = {o: n for n in quantized.graph.node for o in n.output}
+
+        def source(name):  # the float tensor behind a DequantizeLinear output
+            node = producer.get(name)
+            if node is not None and node.op_type == "DequantizeLinear":
+                q = producer.get(node.input[0])
+                return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else node.input[0]
+            return name
+
+        nodes = [n for n in quantized.graph.node if n.name and n.name not in base
+                 and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                 and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)]
+        float_names = {o for n in float_proto.graph.node for o in n.output} | {i.name for i in float_proto.graph.input}
+        watched = list(dict.fromkeys(t for n in nodes for t in [n.output[0]] + [source(i) for i in n.input[:1]]
+                                     if t in float_names))
+        sample = {k: v[:RANK_SAMPLES] for k, v in feeds.items()}
+        float_values = layer_inputs(ir.from_proto(float_proto), watched, sample) if watched else {}
+        int8_values = layer_inputs(ir.from_proto(quantized), watched, sample) if watched else {}
+
+        def error(name):
+            if name not in float_values or name not in int8_values:
+                return 0.0
+            ref = float_values[name].astype(np.float64)
+            return float(np.abs(int8_values[name] - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+        added = {n.name: error(n.output[0]) - max((error(source(i)) for i in n.input[:1]), default=0.0)
+                 for n in nodes}
+        return sorted(added, key=added.get, reverse=True)
 
     @staticmethod
     def _activation_bytes(model: ir.Model, sample_shape) -> int:

@@ -1,0 +1,77 @@
+"""int8 under an accuracy budget: layers go back to float until the budget holds, judged independently here."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from deploykit import Engine, UserInputError, export
+from deploykit.optimize import optimize_model
+
+BLOCKS = Path(__file__).parents[1] / "models" / "blocks.py"
+
+
+@pytest.fixture(scope="module")
+def convnext(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    path = root / "convnext.onnx"
+    export(f"{BLOCKS}:convnext_like", path, input_shape=(1, 3, 32, 32))
+    rng = np.random.default_rng(0)
+    calibration = root / "calibration.npy"
+    np.save(calibration, rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
+    validation = root / "validation.npy"
+    np.save(validation, rng.standard_normal((48, 3, 32, 32)).astype(np.float32))
+    return path, calibration, validation
+
+
+def _agreement(a, b):
+    return float(np.mean(a.argmax(1) == b.argmax(1)))
+
+
+def test_budget_returns_layers_to_float_until_agreement_holds(convnext, tmp_path):
+    path, calibration, validation = convnext
+    x = np.load(validation)
+    reference = Engine(path)(x)
+    plain = tmp_path / "plain.onnx"
+    optimize_model(path, plain, int8=True, calibration=str(calibration))  # no --validate: no budget
+    plain_agreement = _agreement(Engine(plain)(x), reference)
+    budgeted = tmp_path / "budgeted.onnx"
+    report = optimize_model(path, budgeted, int8=True, calibration=str(calibration), validate=str(validation),
+                            max_accuracy_drop=1.0)
+    notes = " ".join(report.passes[-1].notes)
+    assert "accuracy budget: top-1 agreement with the float model" in notes
+    got = _agreement(Engine(budgeted)(x), reference)  # measured here, not read from the report
+    assert got >= 0.99
+    if plain_agreement < 0.99:  # the budget had work to do: it says what it kept in float
+        assert "to hold the budget" in notes and "kept in float, most harmful first" in notes
+        assert len(onnx.load(str(budgeted)).graph.node) < len(onnx.load(str(plain)).graph.node)
+
+
+def test_default_budget_with_validate_and_exclusions(convnext, tmp_path):
+    path, calibration, validation = convnext
+    report = optimize_model(path, tmp_path / "a.onnx", int8=True, calibration=str(calibration),
+                            validate=str(validation), int8_exclude=["Conv"])
+    notes = " ".join(report.passes[-1].notes)
+    assert "budget 1)" in notes  # --validate given: a 1-point budget by default
+    assert "as asked (--int8-exclude)" in notes
+    model = onnx.load(str(tmp_path / "a.onnx"))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert not any(producers.get(n.input[1]) == "DequantizeLinear" for n in model.graph.node if n.op_type == "Conv")
+    with pytest.raises(UserInputError, match="neither a node name nor an op type"):
+        optimize_model(path, tmp_path / "b.onnx", int8=True, calibration=str(calibration), int8_exclude=["Nope"])
+    with pytest.raises(UserInputError, match="only apply with --int8"):
+        optimize_model(path, tmp_path / "c.onnx", max_accuracy_drop=1.0)
+
+
+def test_digits_holds_half_a_point_and_stays_faster_input_untouched(exported, tmp_path):
+    path, _ = exported("digits")
+    report = optimize_model(path, tmp_path / "d.onnx", int8=True, calibration="digits", validate="digits",
+                            max_accuracy_drop=0.5)
+    q = report.passes[-1]
+    assert q.accuracy_before - q.accuracy_after <= 0.005
+    from deploykit_zoo.digits import load_digits_split
+
+    _, _, x_test, y_test = load_digits_split()
+    accuracy = float(np.mean(Engine(tmp_path / "d.onnx")(x_test.astype(np.float32)).argmax(1) == y_test))
+    assert accuracy >= q.accuracy_before - 0.005
