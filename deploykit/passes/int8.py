@@ -221,25 +221,35 @@ class QuantizeInt8Pass(RebuildPass):
                   f"in int8 (drop {full_drop:.2f} points; budget {self.max_accuracy_drop:g}) on {self.validation.source}")
         if full_drop <= self.max_accuracy_drop:
             return quantized
-        ranking = self._rank_layers(float_proto, quantized, base, feeds)
-        lo, hi, best = 0, len(ranking), None
+        by_error = self._rank_layers(quantized, base, feeds, quantize)
+        # A second order: from the output backwards. The local-error ranking misses layers whose own error
+        # is small but lands straight on the decision (a recogniser's 6625-way head); trying both and
+        # keeping the one that needs fewer layers in float costs one more bisection.
+        order = {n.name: i for i, n in enumerate(quantized.graph.node)}
+        from_output = sorted(by_error, key=order.get, reverse=True)
         tried = 0
-        while lo < hi:  # smallest k whose top-k layers in float hold the budget
-            k = (lo + hi) // 2
-            candidate = quantize(base + ranking[:k])
-            tried += 1
-            if drop_of(candidate) <= self.max_accuracy_drop:
-                hi, best = k, candidate
-            else:
-                lo = k + 1
+        best_k, best_model, ranking = None, None, by_error
+        for candidate_order in (by_error, from_output):
+            lo, hi, found = 0, len(candidate_order) if best_k is None else best_k, None
+            while lo < hi:  # smallest k whose top-k layers in float hold the budget
+                k = (lo + hi) // 2
+                candidate = quantize(base + candidate_order[:k])
+                tried += 1
+                if drop_of(candidate) <= self.max_accuracy_drop:
+                    hi, found = k, candidate
+                else:
+                    lo = k + 1
+            if found is not None and (best_k is None or hi < best_k):
+                best_k, best_model, ranking = hi, found, candidate_order
+        best, hi = best_model, best_k
         if best is None:
-            candidate = quantize(base + ranking)
+            candidate = quantize(base + by_error)
             tried += 1
             if drop_of(candidate) > self.max_accuracy_drop:
                 raise VerificationError(
-                    f"int8 cannot hold --max-accuracy-drop {self.max_accuracy_drop:g}: even with all {len(ranking)} "
-                    f"ranked layers in float, {what} drops by {drop_of(candidate):.2f} points; nothing was written")
-            best, hi = candidate, len(ranking)
+                    f"int8 cannot hold --max-accuracy-drop {self.max_accuracy_drop:g}: even with all {len(by_error)} "
+                    f"quantized layers in float, {what} drops by {drop_of(candidate):.2f} points; nothing was written")
+            best, hi, ranking = candidate, len(by_error), by_error
         self.kept_in_float = ranking[:hi]
         final_drop = drop_of(best)
         self.note(f"kept {hi} of {len(ranking)} layer(s) in float to hold the budget ({tried} trial quantization(s)): "
@@ -251,14 +261,14 @@ class QuantizeInt8Pass(RebuildPass):
         return best
 
     @staticmethod
-    def _rank_layers(float_proto, quantized, base: list[str], feeds) -> list[str]:
+    def _rank_layers(quantized, base: list[str], feeds, quantize) -> list[str]:
         """The quantized graph's compute nodes (those fed by DequantizeLinear), most harmful first.
 
-        Names come from the quantized graph, not the float one: ORT's quantizer first optimises the
-        model (fusing HardSwish chains, renaming tensors), and it excludes nodes by those names. A node's
-        harm is the relative error of its output against the float model's tensor of the same name, less
-        the largest such error among its inputs: the error it adds. Nodes whose output has no float
-        twin rank last, but are still candidates, so that returning all of them undoes int8 entirely.
+        Names come from the quantized graph, not the input: ORT's quantizer first optimises the model
+        (fusing HardSwish chains, renaming tensors), and excludes nodes by those names. The float
+        reference is the same optimised graph with every candidate excluded (no Q/DQ at all), so each
+        tensor has its float twin by name. A node's harm is the relative error of its output, less the
+        largest error among its inputs: the error it adds.
         """
         import numpy as np
 
@@ -276,11 +286,12 @@ class QuantizeInt8Pass(RebuildPass):
         nodes = [n for n in quantized.graph.node if n.name and n.name not in base
                  and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
                  and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)]
-        float_names = {o for n in float_proto.graph.node for o in n.output} | {i.name for i in float_proto.graph.input}
-        watched = list(dict.fromkeys(t for n in nodes for t in [n.output[0]] + [source(i) for i in n.input[:1]]
+        twin = quantize(base + [n.name for n in nodes])
+        float_names = {o for n in twin.graph.node for o in n.output} | {i.name for i in twin.graph.input}
+        watched = list(dict.fromkeys(t for n in nodes for t in [n.output[0]] + [source(i) for i in n.input]
                                      if t in float_names))
         sample = {k: v[:RANK_SAMPLES] for k, v in feeds.items()}
-        float_values = layer_inputs(ir.from_proto(float_proto), watched, sample) if watched else {}
+        float_values = layer_inputs(ir.from_proto(twin), watched, sample) if watched else {}
         int8_values = layer_inputs(ir.from_proto(quantized), watched, sample) if watched else {}
 
         def error(name):
@@ -289,8 +300,7 @@ class QuantizeInt8Pass(RebuildPass):
             ref = float_values[name].astype(np.float64)
             return float(np.abs(int8_values[name] - ref).max() / max(np.abs(ref).max(), 1e-12))
 
-        added = {n.name: error(n.output[0]) - max((error(source(i)) for i in n.input[:1]), default=0.0)
-                 for n in nodes}
+        added = {n.name: error(n.output[0]) - max((error(source(i)) for i in n.input), default=0.0) for n in nodes}
         return sorted(added, key=added.get, reverse=True)
 
     @staticmethod
