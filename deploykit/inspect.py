@@ -89,6 +89,12 @@ def inspect_model(model, input_shape=None, *, weights: bool = True) -> Report:
     elif not weights:
         proto = io.load_model(model, load_weights=False)
         runnable = model
+    elif io.has_external_data(model):
+        # The weights stay on disk (they may pass protobuf's 2 GB limit): the accounting needs only their
+        # dims, and the checker reads the file itself.
+        proto = io.load_model(model, load_weights=False)
+        _check_valid(str(model), model)
+        runnable = model
     else:
         proto = io.load_model(model)
         _check_valid(proto, model)
@@ -135,7 +141,9 @@ def _opset_warnings(proto) -> list[str]:
 
 
 def _check_valid(proto, model) -> None:
-    """Refuse a broken graph with onnx.checker's reason, but never a model ONNX Runtime itself can run."""
+    """Refuse a broken graph with onnx.checker's reason, but never a model ONNX Runtime itself can run.
+
+    `proto` is the loaded model, or the file's path for a model whose weights are in external data."""
     import onnx
 
     try:
@@ -148,7 +156,8 @@ def _check_valid(proto, model) -> None:
     from .verify import cpu_session
 
     try:
-        cpu_session(proto if proto.ByteSize() < 2**31 - 1 else str(model), optimization="disable")
+        small = not isinstance(proto, str) and proto.ByteSize() < 2**31 - 1
+        cpu_session(proto if small else str(model), optimization="disable")
     except UserInputError:
         raise UserInputError(f"{model} is not a valid ONNX model: {reason[:240]}") from None
 

@@ -171,6 +171,40 @@ def save_model(model, path: str | os.PathLike, external_weights: bool = False, i
     return out
 
 
+def save_ir_model(model, path: str | os.PathLike, inputs=(), metadata: dict | None = None) -> Path:
+    """Save an onnx_ir Model atomically, streaming its weights: no second protobuf copy of them is made.
+
+    A model whose weights pass protobuf's 2 GiB limit gets a side file PATH.data, written and renamed
+    into place before the model, as save_model does; a smaller one is one file.
+    """
+    import onnx_ir as ir
+
+    out = check_output_path(path, inputs)
+    if metadata:
+        for key, value in metadata.items():
+            model.metadata_props[METADATA_PREFIX + key] = str(value)
+    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    data_name = out.name + ".data"
+    external = weight_bytes > _PROTOBUF_LIMIT // 2  # the graph and its small tensors must fit beside them
+    if external:
+        check_output_path(out.parent / data_name, inputs)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        if external:
+            ir.save(model, staging / out.name, external_data=data_name, size_threshold_bytes=1024)
+        else:
+            ir.save(model, staging / out.name)
+        mode = 0o666 & ~_current_umask()
+        for name in (data_name, out.name):
+            if (staging / name).exists():
+                os.chmod(staging / name, mode)
+                os.replace(staging / name, out.parent / name)
+        WRITTEN.append(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
 def has_external_data(path: str | os.PathLike) -> bool:
     return len(model_files(path)) > 1
 

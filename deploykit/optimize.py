@@ -164,7 +164,9 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
                                            if isinstance(d, (str, Path)) and Path(d).is_file()]
     if output_path is not None:
         io.check_output_path(output_path, inputs)
-    proto = io.load_model(model_path)
+    # The graph without its external weights: a large model's weights stay on disk, mapped by onnx_ir
+    # below and read by ONNX Runtime from the file, never copied into a protobuf.
+    proto = io.load_model(model_path, load_weights=False)
     shapes = resolve_input_shapes(proto, input_shape)
     from .signature import read_signature
     from .validation import load_validation
@@ -180,8 +182,8 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
             p.input_shapes = shapes  # passes that sample the model (fp16's overflow guard) run at these shapes
         if getattr(p, "validation", "absent") is None:
             p.validation = validation  # passes that judge themselves (int8's accuracy budget) use the same data
-    stats = _stats(proto, shapes)
-    model = ir.from_proto(proto)
+    stats = _stats(str(model_path), shapes)
+    model = ir.load(str(model_path))
     for p in passes:
         if progress:
             progress(p.name)
@@ -208,12 +210,10 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
             raise VerificationError(f"after pass {p.name} the outputs deviate by {deviation.max_rel:.3g} relative, "
                                     f"above --max-error {max_error:g}: {deviation.describe()}; nothing was written")
     if output_path is not None:
-        del proto, evaluator  # the input's protobuf and the reference outputs are no longer needed
-        proto = ir.to_proto(model)
-        del model, result  # the IR still held the input's weights: free them before serialising the output
-        io.set_metadata(proto, {"passes": ",".join(p.name for p in passes),
-                                "optimize_max_rel": f"{max((r.max_rel for r in report.passes), default=0.0):.3e}"})
-        io.save_model(proto, output_path, inputs=inputs)
+        del evaluator  # the reference outputs are no longer needed
+        io.save_ir_model(model, output_path, inputs=inputs, metadata={
+            "passes": ",".join(p.name for p in passes),
+            "optimize_max_rel": f"{max((r.max_rel for r in report.passes), default=0.0):.3e}"})
     return report
 
 
