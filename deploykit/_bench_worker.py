@@ -40,11 +40,17 @@ def measure(spec: dict) -> dict:
 
     if spec["backend"] == "torch":
         import torch  # noqa: F401
+    name, _, precision = spec["backend"].partition(":")
+    if name == "ov-cpu":
+        import openvino  # noqa: F401
     baseline = _rss()
-    backend = get_backend(spec["backend"])
+    backend = get_backend(name)
     options = BuildOptions(lean_memory=spec.get("lean_memory", False))
     start = time.perf_counter()
-    runner = backend.runner(spec["artefact"], options, threads=spec.get("threads"))
+    if precision:
+        runner = backend.runner(spec["artefact"], options, threads=spec.get("threads"), precision=precision)
+    else:
+        runner = backend.runner(spec["artefact"], options, threads=spec.get("threads"))
     feeds = random_feeds(runner, spec["batch"], spec.get("input_shape"))
     runner.infer(feeds)
     warmup_s = time.perf_counter() - start  # session creation + first call

@@ -88,6 +88,8 @@ def resolve_target(spec: str, workdir: Path) -> Target:
         raise UserInputError(f"{spec} is neither a zoo name nor a file: give an ONNX model, a built artefact or a zoo name")
     if path.suffix == ".plan":
         return Target(spec, None, {"trt": str(path)}, None)
+    if path.suffix == ".xml":  # OpenVINO IR from 'deploykit build --backend ov-cpu'
+        return Target(spec, None, {"ov-cpu": str(path), "ov-cpu:bf16": str(path)}, None)
     from .io import load_model
 
     from .signature import read_signature
@@ -117,6 +119,8 @@ def _with_accounting(target: Target) -> Target:
 def _default_backends(target: Target) -> list[str]:
     if "trt" in target.artefact:
         return ["trt"]
+    if "ov-cpu" in target.artefact:
+        return ["ov-cpu"]
     return (["torch"] if "torch" in target.artefact else []) + ["ort-cpu"]
 
 
@@ -149,7 +153,7 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
         plan = []
         for t in targets:
             for name in (backends or _default_backends(t)):
-                backend = get_backend(name)
+                backend = get_backend(backend_name(name))
                 ok, why = backend.available()
                 if not ok:
                     raise BackendUnavailableError(why)
@@ -193,10 +197,17 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
     return BenchReport(machine, ceiling, results, warnings)
 
 
+def backend_name(spec: str) -> str:
+    """'ov-cpu:bf16' -> 'ov-cpu': a bench variant is a backend and, after the colon, a precision."""
+    return spec.split(":", 1)[0]
+
+
 def _size(path: Path) -> int:
     size = path.stat().st_size
-    data = Path(str(path) + ".data")
-    return size + (data.stat().st_size if data.exists() else 0)
+    for side in (Path(str(path) + ".data"), path.with_suffix(".bin") if path.suffix == ".xml" else None):
+        if side is not None and side.exists():
+            size += side.stat().st_size
+    return size
 
 
 def _external_weights(model: Path, workdir: Path) -> Path:
@@ -215,6 +226,22 @@ def _mib(n):
     if n is None:
         return "-"
     return f"{n / 2**20:.1f}" if n < 10 * 2**20 else f"{n / 2**20:.0f}"
+
+
+def fastest(report: BenchReport) -> list[str]:
+    """Per model and batch measured on more than one backend: which ran fastest, as a ratio to the others."""
+    groups: dict[tuple[str, int], list[Result]] = {}
+    for r in report.results:
+        groups.setdefault((r.model, r.batch), []).append(r)
+    lines = []
+    for (model, batch), rs in groups.items():
+        if len(rs) < 2:
+            continue
+        rs = sorted(rs, key=lambda r: -r.stats["images_per_s"])
+        best = rs[0]
+        others = ", ".join(f"{best.stats['images_per_s'] / r.stats['images_per_s']:.2f}x {r.backend}" for r in rs[1:])
+        lines.append(f"fastest for {model} at batch {batch}: {best.backend} ({others})")
+    return lines
 
 
 def format_table(report: BenchReport) -> str:
@@ -237,6 +264,7 @@ def format_table(report: BenchReport) -> str:
               f"(ONNX Runtime MatMul): {report.ceiling_gflops:.0f} GFLOP/s",
               "latency in ms; inputs are reused between iterations; RSS is the process's peak above its baseline "
               "before loading the model; floor = weights + peak live activations x batch (from inspect)"]
+    lines += fastest(report)
     lines += [f"warning: {w}" for w in report.warnings]
     return "\n".join(lines)
 
@@ -255,6 +283,8 @@ def format_markdown(report: BenchReport) -> str:
                    f"{s['median_ms']:.2f} | {s['p99_ms']:.2f} | {s['cv']:.1%} | {_mib(r.model_rss_bytes)} | "
                    f"{_mib(r.floor_bytes)} | {r.gflops or 0:.0f} | "
                    f"{f'{r.ceiling_fraction:.0%}' if r.ceiling_fraction else '-'} |")
+    if fastest(report):
+        out += [""] + [f"- {line}" for line in fastest(report)]
     if report.warnings:
         out += [""] + [f"- warning: {w}" for w in report.warnings]
     return "\n".join(out) + "\n"

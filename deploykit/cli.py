@@ -278,8 +278,10 @@ def slide(model, image_size, image_path, stride, output, check, as_json):
 @cli.command()
 @click.argument("model", type=click.Path())
 @click.option("--backend", type=click.Choice(BUILD_BACKENDS), required=True, help="engine to build for")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="artefact to write (.onnx or .plan)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="artefact to write (.onnx for ort-*, .plan for trt, .xml + .bin for ov-cpu)")
 @click.option("--fp16", is_flag=True, help="allow float16 kernels (TensorRT backends)")
+@click.option("--bf16", is_flag=True, help="ov-cpu: bfloat16 kernels, on a CPU with native bf16 (AVX512_BF16 or AMX)")
 @click.option("--int8", is_flag=True, help="INT8 (give the QDQ model from 'optimize --int8 --target tensorrt')")
 @click.option("--min-shape", multiple=True, callback=_profile_value,
               help="TensorRT profile: minimum input shape, [NAME:]1,3,224,224 (repeatable, one per input)")
@@ -291,19 +293,21 @@ def slide(model, image_size, image_path, stride, output, check, as_json):
               help="TensorRT workspace limit, in MiB  [default: TensorRT's]")
 @click.option("--lean-memory", is_flag=True, help="ort-cpu: weights in a side file that ONNX Runtime maps, not copies")
 @_json_option()
-def build(model, backend, output, fp16, int8, min_shape, opt_shape, max_shape, workspace_mb, lean_memory, as_json):
+def build(model, backend, output, fp16, bf16, int8, min_shape, opt_shape, max_shape, workspace_mb, lean_memory,
+          as_json):
     """Build MODEL.onnx into an artefact for a backend (cached: the same inputs reuse the built engine)."""
     from .backends import BuildOptions
     from .backends import build as do_build
 
-    options = BuildOptions(fp16=fp16, int8=int8, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+    options = BuildOptions(fp16=fp16, bf16=bf16, int8=int8, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
                            workspace_mb=workspace_mb, lean_memory=lean_memory)
     result = do_build(model, backend, output, options)
     if as_json:
         _echo_json(result.to_dict())
         return
     how = "reused the cached engine" if result.cached else "built"
-    click.echo(f"{how} {result.artefact} for {backend} ({options.precision}) in {result.seconds:.2f} s, "
+    precision = result.details.get("precision", options.precision)
+    click.echo(f"{how} {result.artefact} for {backend} ({precision}) in {result.seconds:.2f} s, "
                f"{result.size_bytes / 2**20:.1f} MiB; cache key {result.key}")
 
 
@@ -347,8 +351,9 @@ def package(model, repo, name, version, max_batch_size, dynamic_batching, prefer
 
 @cli.command(name="bench")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--backend", "backends", multiple=True, type=click.Choice(BENCH_BACKENDS),
-              help="repeatable  [default: ort-cpu, plus torch for zoo names; trt for .plan]")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(BENCH_BACKENDS + ("ov-cpu:bf16",)),
+              help="repeatable; ov-cpu runs f32 (int8 for a QDQ model), ov-cpu:bf16 bfloat16  "
+                   "[default: ort-cpu, plus torch for zoo names; trt for .plan; ov-cpu for .xml]")
 @click.option("--batch", "batches", default="1,8", help="comma-separated batch sizes")
 @click.option("--warmup", type=click.IntRange(0), default=20, help="untimed runs before measuring, in iterations")
 @click.option("--iterations", type=click.IntRange(1), default=None, help="timed runs per measurement (instead of --duration)")

@@ -12,7 +12,8 @@ import platform
 import time
 
 META_CPU = "deploykit.ort_layout.cpu_flags"
-_RELEVANT = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vnni", "avx2", "fma", "amx_tile", "amx_int8")
+_RELEVANT = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vnni", "avx512_bf16", "avx2", "fma", "amx_tile",
+             "amx_int8", "amx_bf16")
 
 
 def cpu_flags() -> set[str]:

@@ -22,6 +22,7 @@ _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
 }
 _AUTO_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+_OPENVINO = ("openvino", "ov-cpu")  # not an ORT provider: OpenVINO's own runtime (deploykit.backends.openvino)
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 _ORT_DTYPES = {
@@ -73,7 +74,8 @@ class Engine:
     def __init__(self, model: str | os.PathLike, providers: str | Sequence[str] = "auto", *,
                  intra_op_threads: int | None = None, inter_op_threads: int | None = None,
                  graph_optimization_level: str | None = None, lean_memory: bool = False,
-                 session_options: Any = None, provider_options: Sequence[dict] | None = None):
+                 session_options: Any = None, provider_options: Sequence[dict] | None = None,
+                 precision: str | None = None):
         path = Path(model)
         if not path.is_file():
             raise UserInputError(f"model file {path} does not exist")
@@ -82,11 +84,18 @@ class Engine:
         self._plan = None
         self._session = None
         self._closed = False
-        if path.suffix == ".plan":
-            # A TensorRT plan: the native TensorRT runner, behind the same validated interface.
-            from .backends.trt import TrtRunner
+        openvino = path.suffix == ".xml" or (isinstance(providers, str) and providers.lower() in _OPENVINO)
+        if precision is not None and not openvino:
+            raise UserInputError("precision= applies to OpenVINO (providers='openvino' or a built .xml): ONNX Runtime "
+                                 "runs the model in the precision its graph has")
+        if path.suffix == ".plan" or openvino:
+            if path.suffix == ".plan":
+                # A TensorRT plan: the native TensorRT runner, behind the same validated interface.
+                from .backends.trt import TrtRunner
 
-            self._plan = TrtRunner(path)
+                self._plan = TrtRunner(path)
+            else:
+                self._plan = _openvino_runner(path, precision, intra_op_threads)
             self.inputs = [(n, self._plan.input_shapes[n], self._plan.input_types[n]) for n in self._plan.input_names]
             self.outputs = list(self._plan.output_names)
             return
@@ -135,7 +144,10 @@ class Engine:
     @property
     def providers(self) -> list[str]:
         """The execution providers the session actually uses, in priority order ("TensorRT" for a .plan)."""
-        return ["TensorRT"] if self._plan is not None else self._session.get_providers()
+        if self._plan is not None:
+            precision = getattr(self._plan, "precision", None)
+            return [f"OpenVINO CPU ({precision})"] if precision else ["TensorRT"]
+        return self._session.get_providers()
 
     @property
     def input_names(self) -> list[str]:
@@ -256,6 +268,15 @@ def _as_numpy(value: Any, name: str) -> np.ndarray:
         return np.asarray(value)
     except Exception:
         raise ShapeMismatchError(f"input {name!r} must be a numpy array or torch tensor, got {type(value).__name__}") from None
+
+
+def _openvino_runner(path: Path, precision: str | None, threads: int | None):
+    from .backends.openvino import OpenVinoBackend
+
+    if precision is not None and precision not in ("f32", "bf16"):
+        raise UserInputError(f"precision {precision!r} is not one OpenVINO runs at: choose f32 or bf16 (int8 comes "
+                             "from a QDQ model made by 'deploykit optimize --int8')")
+    return OpenVinoBackend().runner(path, threads=threads, precision=precision)
 
 
 def _check_cpu_layout(path: Path, metadata: dict) -> None:

@@ -7,7 +7,7 @@ from .base import Backend, BuildOptions, BuildResult, Runner, cache_key
 
 __all__ = ["Backend", "BuildOptions", "BuildResult", "Runner", "cache_key", "get_backend", "BACKENDS"]
 
-BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "torch")
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "ov-cpu", "torch")
 
 
 def get_backend(name: str) -> Backend:
@@ -19,6 +19,10 @@ def get_backend(name: str) -> Backend:
         from .trt import TrtBackend
 
         return TrtBackend()
+    if name == "ov-cpu":
+        from .openvino import OpenVinoBackend
+
+        return OpenVinoBackend()
     if name == "torch":
         from .torch_backend import TorchBackend
 
@@ -34,7 +38,9 @@ def build(model, backend: str, output, options: BuildOptions | None = None) -> B
 
     io.load_model(model, load_weights=False)
     inputs = io.model_files(model)
-    for path in (output, str(output) + ".json", str(output) + ".data"):
+    for path in (output, str(output) + ".json", str(output) + ".data", Path(output).with_suffix(".bin")):
         io.check_output_path(path, inputs)
     chosen = get_backend(backend)
+    if options is not None and options.bf16 and backend != "ov-cpu":
+        raise UserInputError(f"--bf16 is OpenVINO's CPU precision: build with --backend ov-cpu, not {backend}")
     return chosen.build(Path(model), Path(output), options or BuildOptions())

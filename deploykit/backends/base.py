@@ -30,6 +30,7 @@ ProfileShape = Shape | tuple[tuple[str, Shape], ...]
 class BuildOptions:
     fp16: bool = False
     int8: bool = False
+    bf16: bool = False  # OpenVINO on a CPU with native bf16 (ov-cpu)
     min_shape: ProfileShape | None = None
     opt_shape: ProfileShape | None = None
     max_shape: ProfileShape | None = None
@@ -38,7 +39,7 @@ class BuildOptions:
 
     @property
     def precision(self) -> str:
-        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+        return "int8" if self.int8 else "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
 
     def profile(self, name: str, first: bool) -> tuple[Shape, Shape, Shape] | None:
         """(min, opt, max) for input `name` (`first`: it is the model's first input), or None if not given.
