@@ -193,7 +193,7 @@ def save_ir_model(model, path: str | os.PathLike, inputs=(), metadata: dict | No
         if external:
             ir.save(model, staging / out.name, external_data=data_name, size_threshold_bytes=1024)
         else:
-            ir.save(model, staging / out.name)
+            _save_streamed(model, staging / out.name)
         mode = 0o666 & ~_current_umask()
         for name in (data_name, out.name):
             if (staging / name).exists():
@@ -203,6 +203,81 @@ def save_ir_model(model, path: str | os.PathLike, inputs=(), metadata: dict | No
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+_GRAPH_FIELD = bytes([7 << 3 | 2])  # ModelProto.graph, length-delimited
+_INITIALIZER_FIELD = bytes([5 << 3 | 2])  # GraphProto.initializer, length-delimited
+
+
+def _save_streamed(model, path: Path, large: int = 1 << 20) -> None:
+    """One-file ONNX written tensor by tensor: ir.save builds the whole protobuf and then its bytes,
+    two extra copies of the weights (VGG-16: 3.5 GB peak for 528 MB).
+
+    Protobuf lets a message's fields come in any order and a repeated field in pieces, so the file is
+    the model without its large initializers, with the graph's length grown by each initializer's
+    field, followed by those fields. A plain numeric tensor's field is encoded here around its numpy
+    buffer, with no copy; any other goes through onnx_ir's serialiser. onnx.load reads it as usual.
+    """
+    import onnx_ir as ir
+
+    graph = model.graph
+    detached = {name: v for name, v in graph.initializers.items()
+                if v.const_value is not None and v.const_value.nbytes > large}
+    for name in detached:
+        graph.initializers.pop(name)
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for name, value in detached.items():
+            graph.initializers[name] = value
+    graph_bytes = proto.graph.SerializeToString()
+    proto.ClearField("graph")
+    fields = [_tensor_field(name, value.const_value) for name, value in detached.items()]
+    length = len(graph_bytes) + sum(len(head) + len(payload) for head, payload in fields)
+    with open(path, "wb") as fh:
+        fh.write(proto.SerializeToString())
+        fh.write(_GRAPH_FIELD + _varint(length))
+        fh.write(graph_bytes)
+        for head, payload in fields:
+            fh.write(head)
+            fh.write(payload)
+
+
+# Element types whose raw_data is the numpy buffer itself (little-endian, one element per item).
+_PLAIN_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+                10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+
+
+def _tensor_field(name: str, tensor) -> tuple[bytes, memoryview | bytes]:
+    """(GraphProto.initializer tag + length + TensorProto fields before raw_data, the raw bytes)."""
+    import sys
+
+    import numpy as np
+    import onnx_ir as ir
+
+    data_type = int(tensor.dtype)
+    array = tensor.numpy() if data_type in _PLAIN_TYPES and sys.byteorder == "little" else None
+    if array is None or array.dtype != np.dtype(_PLAIN_TYPES[data_type]) or not array.flags.c_contiguous:
+        message = ir.serde.serialize_tensor(tensor)
+        message.name = name
+        body = message.SerializeToString()
+        return _INITIALIZER_FIELD + _varint(len(body)), body
+    payload = memoryview(array).cast("B")
+    encoded_name = name.encode()
+    fields = b"".join(b"\x08" + _varint(d) for d in array.shape)  # dims (1), varint
+    fields += b"\x10" + _varint(data_type)  # data_type (2)
+    fields += b"\x42" + _varint(len(encoded_name)) + encoded_name  # name (8)
+    fields += b"\x4a" + _varint(len(payload))  # raw_data (9), the bytes follow
+    return _INITIALIZER_FIELD + _varint(len(fields) + len(payload)) + fields, payload
 
 
 def has_external_data(path: str | os.PathLike) -> bool:

@@ -166,7 +166,9 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
         io.check_output_path(output_path, inputs)
     # The graph without its external weights: a large model's weights stay on disk, mapped by onnx_ir
     # below and read by ONNX Runtime from the file, never copied into a protobuf.
-    proto = io.load_model(model_path, load_weights=False)
+    from .inspect import _weightless_copy
+
+    proto = _weightless_copy(io.load_model(model_path, load_weights=False))
     shapes = resolve_input_shapes(proto, input_shape)
     from .signature import read_signature
     from .validation import load_validation

@@ -21,6 +21,10 @@ CLASSES = 140_000  # 4096 x 140,000 float32 weights: 2.29 GB, past protobuf's 2 
 
 @pytest.fixture(scope="module")
 def large_model(tmp_path_factory):
+    return write_large_model(tmp_path_factory.mktemp("large"))
+
+
+def write_large_model(folder):
     """Conv -> BatchNorm -> Relu -> Flatten -> Gemm, the Gemm's weight over 2 GB, saved with onnx_ir."""
     import onnx_ir as ir
 
@@ -47,7 +51,6 @@ def large_model(tmp_path_factory):
                      type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(weight.shape))
     model.graph.initializers["fc_weight"] = value
     list(model.graph)[-1].replace_input_with(1, value)
-    folder = tmp_path_factory.mktemp("large")
     path = folder / "large.onnx"
     ir.save(model, path, external_data="large.onnx.data")
     del model, value, weight
