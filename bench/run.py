@@ -2,7 +2,8 @@
 
 CPU: for the trained digits CNN (LeNet-style), ResNet-18, ResNet-50, VGG-16 and DenseNet-121, at
 batch 1 and 8: torch eager, ONNX Runtime on the raw export, on `optimize` (default passes), with
-`--bottleneck macs=0.5`, and with `--int8`; the memory check (peak RSS against the inspect floor,
+`--bottleneck macs=0.5`, with `--int8` and with both; where OpenVINO is installed, the same files in
+OpenVINO (ov-cpu: f32, bf16 where the CPU has it natively, int8, bottleneck + int8); the memory check (peak RSS against the inspect floor,
 and VGG-16 in lean-memory mode); and FC->CONV sliding against crop-by-crop evaluation. Every
 measurement runs in its own process, the variants of one model are measured round-robin, and every
 speed-up is a ratio between figures of this one run. Writes bench/RESULTS.md and bench/*.png.
@@ -10,6 +11,7 @@ speed-up is a ratio between figures of this one run. Writes bench/RESULTS.md and
 GPU (--gpu): ort-cuda, ort-trt and trt in fp32/fp16/int8 for the same models; appends a GPU section.
 
     python bench/run.py [--models resnet18,vgg16] [--duration 1.5] [--rounds 2] [--gpu]
+                        [--out bench/ENGINES.md --no-plots --no-sliding]   # a subset, leaving RESULTS.md alone
 """
 
 from __future__ import annotations
@@ -30,12 +32,23 @@ sys.path.insert(0, str(HERE))
 from deploykit import export  # noqa: E402
 from deploykit.bench import run_one  # noqa: E402
 from deploykit.inspect import inspect_model  # noqa: E402
-from deploykit.machine import describe, fp32_ceiling_gflops  # noqa: E402
+from deploykit.machine import describe, precision_ceilings  # noqa: E402
 from deploykit.optimize import optimize_model  # noqa: E402
 from deploykit.stats import summarize  # noqa: E402
 
 MODELS = ["digits", "resnet18", "resnet50", "vgg16", "densenet121"]
-CPU_VARIANTS = ["torch eager", "ORT raw export", "ORT optimize", "ORT bottleneck macs=0.5", "ORT int8"]
+CPU_VARIANTS = ["torch eager", "ORT raw export", "ORT optimize", "ORT bottleneck macs=0.5", "ORT int8",
+                "ORT bottleneck+int8", "OV f32", "OV bf16", "OV int8", "OV bottleneck+int8"]
+
+
+def openvino_status() -> tuple[bool, bool]:
+    """(OpenVINO installed, its CPU plugin has native bf16 here)."""
+    try:
+        from deploykit.backends.openvino import has_native_bf16
+
+        return True, has_native_bf16()
+    except Exception:
+        return False, False
 
 
 def build_variants(name: str, tmp: Path, log) -> tuple[dict, dict]:
@@ -51,8 +64,9 @@ def build_variants(name: str, tmp: Path, log) -> tuple[dict, dict]:
         calibration = str(calib)
     variants = {"torch eager": ("torch", name), "ORT raw export": ("ort-cpu", str(raw))}
     for label, opts in [("ORT optimize", {}), ("ORT bottleneck macs=0.5", {"bottleneck": "macs=0.5"}),
-                        ("ORT int8", {"int8": True, "calibration": calibration})]:
-        out = tmp / f"{name}_{label.split()[1].replace('=', '')}.onnx"
+                        ("ORT int8", {"int8": True, "calibration": calibration}),
+                        ("ORT bottleneck+int8", {"bottleneck": "macs=0.5", "int8": True, "calibration": calibration})]:
+        out = tmp / f"{name}_{label.split()[1].replace('=', '').replace('+', '_')}.onnx"
         start = time.perf_counter()
         report = optimize_model(raw, out, **opts)
         log(f"  built {name} / {label} in {time.perf_counter() - start:.1f} s")
@@ -60,9 +74,16 @@ def build_variants(name: str, tmp: Path, log) -> tuple[dict, dict]:
         if label == "ORT int8":
             notes = [n for p in report.passes for n in p.notes if "run in int8" in n]
             variants[label] += (notes[0] if notes else "",)
+    has_openvino, native_bf16 = openvino_status()
+    if has_openvino:  # the same files, in OpenVINO: only the engine differs
+        variants["OV f32"] = ("ov-cpu", str(raw))
+        if native_bf16:
+            variants["OV bf16"] = ("ov-cpu:bf16", str(raw))
+        variants["OV int8"] = ("ov-cpu", variants["ORT int8"][1])
+        variants["OV bottleneck+int8"] = ("ov-cpu", variants["ORT bottleneck+int8"][1])
     accounting = {}
     for label, (backend, artefact, *_) in variants.items():
-        report = inspect_model(raw if backend == "torch" else artefact, tuple(shape))
+        report = inspect_model(raw if backend == "torch" else artefact, tuple(shape), weights=False)
         accounting[label] = {"macs": report.totals.macs, "param_bytes": report.totals.param_bytes,
                              "peak_activation_bytes": report.totals.peak_activation_bytes, "shape": shape}
     return variants, accounting
@@ -79,7 +100,7 @@ def measure(variants: dict, accounting: dict, batch: int, args, lean_extra=None)
                     "lean_memory": label.endswith("(lean memory)")}
             raw = run_one(spec)
             m = merged.setdefault(label, {"latencies_s": [], "wall_s": 0.0, "peak": 0, "base": raw["baseline_rss_bytes"],
-                                          "warmup_s": raw["warmup_s"]})
+                                          "warmup_s": raw["warmup_s"], "precision": raw.get("precision", "fp32")})
             m["latencies_s"] += raw["latencies_s"]
             m["wall_s"] += raw["wall_s"]
             m["peak"] = max(m["peak"], raw["peak_rss_bytes"] - raw["baseline_rss_bytes"])
@@ -93,14 +114,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--gpu", action="store_true", help="the GPU suite (ort-cuda, ort-trt, trt)")
+    ap.add_argument("--no-plots", action="store_true", help="leave bench/*.png and results.json as they are")
+    ap.add_argument("--no-sliding", action="store_true", help="skip the FC->CONV section")
     args = ap.parse_args()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     if args.gpu:
         return gpu_suite(args, log)
     started = time.perf_counter()
     machine = describe()
-    ceiling = fp32_ceiling_gflops()
-    log(f"fp32 ceiling (ONNX Runtime MatMul): {ceiling:.0f} GFLOP/s")
+    ceilings = precision_ceilings()
+    best = {p: max(figures.values()) for p, figures in ceilings.items()}
+    ceiling = best["fp32"]
+    log(f"ceilings (best MatMul per number format): {ceilings}")
     rows, plots = [], {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -117,7 +142,7 @@ def main():
                     accounting[lean[0]] = accounting["ORT raw export"]
                 log(f"measuring {name} at batch {batch} ({time.perf_counter() - started:.0f} s so far)")
                 merged = measure(variants, accounting, batch, args, lean)
-                base = None
+                base = ort_raw = None
                 for label, m in merged.items():
                     s = summarize(m["latencies_s"], m["wall_s"], batch)
                     acc = accounting[label]
@@ -125,19 +150,25 @@ def main():
                     gflops = 2 * acc["macs"] * s.images_per_s / 1e9
                     if label == "torch eager":
                         base = s.images_per_s
+                    if label == "ORT raw export":
+                        ort_raw = s.images_per_s
                     rows.append({"model": name, "variant": label, "batch": batch, "images_per_s": s.images_per_s,
                                  "median_ms": s.median_ms, "p99_ms": s.p99_ms, "cv": s.cv,
                                  "speedup_vs_torch": s.images_per_s / base if base else None,
-                                 "macs": acc["macs"], "gflops": gflops, "ceiling_fraction": gflops / ceiling,
+                                 "speedup_vs_ort_raw": s.images_per_s / ort_raw if ort_raw else None,
+                                 "macs": acc["macs"], "gflops": gflops, "precision": m["precision"],
+                                 "ceiling_fraction": gflops / best.get(m["precision"], ceiling),
                                  "rss": m["peak"], "floor": floor, "warmup_s": m["warmup_s"],
                                  "note": int8_note if label == "ORT int8" else ""})
                     plots.setdefault(name, {}).setdefault(label, {})[batch] = (s.images_per_s, [1e3 * v for v in m["latencies_s"]])
-        sliding_lines = sliding_section(tmp, args) if "vgg16" in args.models.split(",") else []
+        sliding = "vgg16" in args.models.split(",") and not args.no_sliding
+        sliding_lines = sliding_section(tmp, args) if sliding else []
     elapsed = time.perf_counter() - started
-    write_results(Path(args.out), machine, ceiling, rows, sliding_lines, elapsed, args)
-    draw(plots, HERE)
-    (HERE / "results.json").write_text(json.dumps({"machine": machine, "ceiling_gflops": ceiling, "rows": rows},
-                                                  indent=1, default=float) + "\n")
+    write_results(Path(args.out), machine, ceilings, rows, sliding_lines, elapsed, args)
+    if not args.no_plots:
+        draw(plots, HERE)
+        (HERE / "results.json").write_text(json.dumps({"machine": machine, "ceilings": ceilings, "rows": rows},
+                                                      indent=1, default=float) + "\n")
     log(f"done in {elapsed:.0f} s: {args.out}")
 
 
@@ -147,14 +178,18 @@ def sliding_section(tmp: Path, args) -> list[str]:
     return sliding(tmp, argparse.Namespace(rounds=max(2, args.rounds)))
 
 
-def write_results(path: Path, machine, ceiling, rows, sliding_lines, elapsed, args):
+def write_results(path: Path, machine, ceilings, rows, sliding_lines, elapsed, args):
     libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
     out = ["# Benchmark results", "",
            f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine.get('gpu') or 'none'}; "
            f"Python {machine['python']}; {libs}.",
-           f"Command: `make bench` (`python bench/run.py --duration {args.duration} --rounds {args.rounds}`), "
-           f"{elapsed / 60:.1f} minutes. fp32 ceiling measured at the start with ONNX Runtime's MatMul: "
-           f"**{ceiling:.0f} GFLOP/s**.",
+           f"Command: `{'python bench/run.py ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else 'make bench'}` "
+           f"(duration {args.duration} s, {args.rounds} rounds), "
+           f"{elapsed / 60:.1f} minutes. Ceilings, measured at the start as the fastest 1024x1024 MatMul each "
+           "number format reaches (int8: uint8 x int8 through QuantizeLinear/DequantizeLinear, in GOP/s): "
+           + "; ".join(f"**{p}** " + ", ".join(f"{e} {v:.0f}" for e, v in figures.items())
+                       for p, figures in ceilings.items()) + ". Each variant's fraction is against the best "
+           "ceiling of its own precision.",
            "", "Each measurement ran in a fresh process; the variants of one model were measured round-robin "
            f"({args.rounds} rounds of {args.duration} s each), with the same input reused between iterations. "
            "Speed-ups are ratios of images/s measured in this run. RSS is the process's peak above its baseline "
@@ -162,15 +197,16 @@ def write_results(path: Path, machine, ceiling, rows, sliding_lines, elapsed, ar
            ""]
     for name in dict.fromkeys(r["model"] for r in rows):
         out += [f"## {name}", "",
-                "| variant | batch | images/s | speed-up vs torch | median ms | p99 ms | CV | MMACs/image | GFLOP/s | of fp32 ceiling | peak RSS MiB | floor MiB |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| variant | batch | images/s | speed-up vs torch | vs ORT raw | median ms | p99 ms | CV | MMACs/image | GFLOP/s | precision | of its ceiling | peak RSS MiB | floor MiB |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in rows:
             if r["model"] != name:
                 continue
             sp = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
-            out.append(f"| {r['variant']} | {r['batch']} | {r['images_per_s']:.1f} | {sp} | {r['median_ms']:.2f} | "
+            vs_raw = f"{r['speedup_vs_ort_raw']:.2f}x" if r.get("speedup_vs_ort_raw") else "-"
+            out.append(f"| {r['variant']} | {r['batch']} | {r['images_per_s']:.1f} | {sp} | {vs_raw} | {r['median_ms']:.2f} | "
                        f"{r['p99_ms']:.2f} | {r['cv']:.1%} | {r['macs'] / 1e6:,.1f} | {r['gflops']:.0f} | "
-                       f"{r['ceiling_fraction']:.0%} | {r['rss'] / 2**20:.0f} | {r['floor'] / 2**20:.1f} |")
+                       f"{r['precision']} | {r['ceiling_fraction']:.0%} | {r['rss'] / 2**20:.0f} | {r['floor'] / 2**20:.1f} |")
         notes = {r["note"] for r in rows if r["model"] == name and r["note"]}
         out += [""] + [f"int8: {n}." for n in notes] + [""]
     out += sliding_lines + ["", "![throughput](throughput.png)", "", "![latency](latency.png)", ""]

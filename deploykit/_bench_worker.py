@@ -31,6 +31,23 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def runner_precision(runner, artefact) -> str:
+    """What the heavy layers run in: the runner's stated precision (OpenVINO), else read off the ONNX graph."""
+    stated = getattr(runner, "precision", None)
+    if stated:
+        return {"f32": "fp32"}.get(stated, stated)
+    if not str(artefact).endswith(".onnx"):
+        return "fp32"
+    import onnx
+
+    graph = onnx.load(str(artefact), load_external_data=False).graph
+    if any(n.op_type in ("QuantizeLinear", "QLinearConv", "MatMulInteger", "ConvInteger") for n in graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 def measure(spec: dict) -> dict:
     import numpy as np  # noqa: F401  (imported before the baseline so it is not counted as the model's)
     import onnxruntime  # noqa: F401
@@ -73,7 +90,8 @@ def measure(spec: dict) -> dict:
     wall = time.perf_counter() - loop_start
     peak = peak_rss()
     result = {"latencies_s": latencies, "wall_s": wall, "warmup_s": warmup_s, "peak_rss_bytes": peak,
-              "baseline_rss_bytes": baseline, "inputs_reused": True}
+              "baseline_rss_bytes": baseline, "inputs_reused": True,
+              "precision": runner_precision(runner, spec["artefact"])}
     if split:
         result["device_split_ms"] = {k: sum(s[k] for s in split) / len(split) for k in split[0]}
     if backend.device == "cuda":

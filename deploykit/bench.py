@@ -4,7 +4,8 @@ Each measurement runs in a fresh subprocess (deploykit._bench_worker). For every
 trtexec-style throughput and latency statistics (definitions in deploykit.stats), the warm-up time
 (session creation + first call), the artefact's size, the process's peak RSS above its baseline,
 the memory floor from `inspect` (weights + peak live activations x batch) next to it, and the
-achieved GFLOP/s against the machine's fp32 ceiling measured at the start.
+achieved GFLOP/s (GOP/s for int8) against the ceiling of the variant's own number format, measured
+at the start (deploykit.machine.precision_ceilings: the fastest MatMul each format reaches here).
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ class Result:
     baseline_rss_bytes: int
     floor_bytes: int | None
     gflops: float | None
-    ceiling_fraction: float | None
+    ceiling_fraction: float | None  # against the ceiling of its own precision
     lean_memory: bool
     latencies_ms: list[float] = field(default_factory=list)
     device_split_ms: dict | None = None
     device_peak_bytes: int | None = None
+    precision: str = "fp32"  # the number format its heavy layers run in: fp32, fp16, bf16 or int8
 
     @property
     def model_rss_bytes(self) -> int:
@@ -58,14 +60,20 @@ class Result:
 @dataclass
 class BenchReport:
     machine: dict
-    ceiling_gflops: float
+    ceiling_gflops: float  # fp32
     results: list[Result]
     warnings: list[str]
     inputs_reused: bool = True
+    ceilings: dict = field(default_factory=dict)  # {precision: {engine: GFLOP/s}}
+
+    def ceiling(self, precision: str) -> float | None:
+        """The best figure any engine reached for this number format (fp16 on a CPU is judged as fp32)."""
+        figures = self.ceilings.get("fp32" if precision == "fp16" else precision) or {}
+        return max(figures.values(), default=None) or (self.ceiling_gflops if precision in ("fp32", "fp16") else None)
 
     def to_dict(self) -> dict:
-        out = {"machine": self.machine, "ceiling_gflops": self.ceiling_gflops, "inputs_reused": self.inputs_reused,
-               "warnings": self.warnings, "results": []}
+        out = {"machine": self.machine, "ceiling_gflops": self.ceiling_gflops, "ceilings": self.ceilings,
+               "inputs_reused": self.inputs_reused, "warnings": self.warnings, "results": []}
         for r in self.results:
             d = asdict(r)
             d["model_rss_bytes"] = r.model_rss_bytes
@@ -142,11 +150,12 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
           progress=None, measure_ceiling: bool = True) -> BenchReport:
     """Measure every model x backend x batch; see the module docstring for what is reported."""
     from .backends import get_backend
-    from .machine import describe, fp32_ceiling_gflops
+    from .machine import describe, precision_ceilings
 
     machine = describe()
-    ceiling = fp32_ceiling_gflops(threads) if measure_ceiling else 0.0
-    results, warnings = [], []
+    ceilings = precision_ceilings(threads) if measure_ceiling else {}
+    report = BenchReport(machine, max(ceilings.get("fp32", {}).values(), default=0.0), [], [], ceilings=ceilings)
+    results, warnings = report.results, report.warnings
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
         workdir = Path(tmp)
         targets = [resolve_target(m, workdir) for m in models]
@@ -187,14 +196,16 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
             size = None if name == "torch" else _size(Path(artefact))
             floor = (t.param_bytes + t.peak_activation_bytes * batch) if t.param_bytes is not None else None
             gflops = 2 * t.macs * stats.images_per_s / 1e9 if t.macs else None
+            precision = raw.get("precision") or "fp32"
+            ceiling = report.ceiling(precision)
             results.append(Result(
                 t.label, name, batch, stats.to_dict(), raw["warmup_s"], size, raw["peak_rss_bytes"],
                 raw["baseline_rss_bytes"], floor, gflops, (gflops / ceiling) if gflops and ceiling else None,
                 lean_memory, [1e3 * v for v in raw["latencies_s"]], raw.get("device_split_ms"),
-                raw.get("device_peak_bytes")))
+                raw.get("device_peak_bytes"), precision))
         if progress:
             progress(len(plan), len(plan), "done")
-    return BenchReport(machine, ceiling, results, warnings)
+    return report
 
 
 def backend_name(spec: str) -> str:
@@ -245,23 +256,25 @@ def fastest(report: BenchReport) -> list[str]:
 
 
 def format_table(report: BenchReport) -> str:
-    head = ["model", "backend", "batch", "img/s", "qps", "mean", "median", "p90", "p95", "p99", "min", "CV",
-            "warm-up s", "size MiB", "RSS MiB", "floor MiB", "GFLOP/s", "% ceiling"]
+    head = ["model", "backend", "precision", "batch", "img/s", "qps", "mean", "median", "p90", "p95", "p99", "min",
+            "CV", "warm-up s", "size MiB", "RSS MiB", "floor MiB", "GFLOP/s", "% ceiling"]
     rows = []
     for r in report.results:
         s = r.stats
-        rows.append([r.model, r.backend + (" lean" if r.lean_memory else ""), str(r.batch), f"{s['images_per_s']:.1f}",
+        rows.append([r.model, r.backend + (" lean" if r.lean_memory else ""), r.precision, str(r.batch),
+                     f"{s['images_per_s']:.1f}",
                      f"{s['qps']:.1f}", f"{s['mean_ms']:.2f}", f"{s['median_ms']:.2f}", f"{s['p90_ms']:.2f}",
                      f"{s['p95_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['min_ms']:.2f}", f"{s['cv']:.1%}",
                      f"{r.warmup_s:.2f}", _mib(r.size_bytes), _mib(r.model_rss_bytes), _mib(r.floor_bytes),
                      f"{r.gflops:.0f}" if r.gflops else "-",
                      f"{r.ceiling_fraction:.0%}" if r.ceiling_fraction else "-"])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    fmt = lambda cells: "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     m = report.machine
-    lines += ["", f"machine: {m['cpu']}, {m['cores']} cores, GPU: {m.get('gpu') or 'none'}; fp32 ceiling "
-              f"(ONNX Runtime MatMul): {report.ceiling_gflops:.0f} GFLOP/s",
+    lines += ["", f"machine: {m['cpu']}, {m['cores']} cores, GPU: {m.get('gpu') or 'none'}; ceilings "
+              f"(best MatMul per number format): {format_ceilings(report)}",
+              "% ceiling is against the ceiling of the variant's own precision (int8 in GOP/s)",
               "latency in ms; inputs are reused between iterations; RSS is the process's peak above its baseline "
               "before loading the model; floor = weights + peak live activations x batch (from inspect)"]
     lines += fastest(report)
@@ -269,11 +282,19 @@ def format_table(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def format_ceilings(report: BenchReport) -> str:
+    if not report.ceilings:
+        return f"fp32 {report.ceiling_gflops:.0f} GFLOP/s"
+    return "; ".join(f"{p} " + ", ".join(f"{engine} {v:.0f}" for engine, v in figures.items())
+                     for p, figures in report.ceilings.items()) + " GFLOP/s"
+
+
 def format_markdown(report: BenchReport) -> str:
     m = report.machine
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
     out = ["# deploykit bench", "", f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m.get('gpu') or 'none'}; {libs}.",
-           f"fp32 ceiling measured with ONNX Runtime's MatMul: {report.ceiling_gflops:.0f} GFLOP/s. "
+           f"Ceilings (the best MatMul each number format reaches here): {format_ceilings(report)}; each variant's "
+           "% is against the ceiling of its own precision. "
            "Each measurement ran in a fresh process; inputs were reused between iterations.", "",
            "| model | backend | batch | images/s | median ms | p99 ms | CV | peak RSS MiB | floor MiB | GFLOP/s | of ceiling |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -42,7 +42,7 @@ def cpu_model() -> str:
 def describe() -> dict:
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "libraries": {}}
-    for name in ("onnxruntime", "onnx", "numpy", "torch", "tensorrt"):
+    for name in ("onnxruntime", "onnx", "numpy", "torch", "tensorrt", "openvino"):
         try:
             module = __import__(name)
             info["libraries"][name] = getattr(module, "__version__", "?")
@@ -87,3 +87,87 @@ def fp32_ceiling_gflops(threads: int | None = None, size: int = 1024, seconds: f
         times.append(time.perf_counter() - t)
     times.sort()
     return 2 * size ** 3 / times[len(times) // 2] / 1e9
+
+
+def _matmul_model(size: int, quantized: bool):
+    """C = A @ B with B a constant; quantized: both operands through QuantizeLinear/DequantizeLinear
+    (uint8 activations, int8 weights), which ONNX Runtime and OpenVINO both run as an int8 MatMul."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((size, size)).astype(np.float32)
+    inits, nodes, left, right = [], [], "a", "b"
+    if quantized:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "sa"),
+                  numpy_helper.from_array(np.array(128, np.uint8), "za"),
+                  numpy_helper.from_array(np.array(0.05, np.float32), "sb"),
+                  numpy_helper.from_array(np.array(0, np.int8), "zb"),
+                  numpy_helper.from_array(np.clip(np.round(weights / 0.05), -127, 127).astype(np.int8), "bq")]
+        nodes += [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["aq"]),
+                  helper.make_node("DequantizeLinear", ["aq", "sa", "za"], ["ad"]),
+                  helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["bd"])]
+        left, right = "ad", "bd"
+    else:
+        inits.append(numpy_helper.from_array(weights, "b"))
+    nodes.append(helper.make_node("MatMul", [left, right], ["c"]))
+    graph = helper.make_graph(nodes, "ceiling", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def _median_gops(run, size: int, seconds: float) -> float:
+    import numpy as np
+
+    a = np.random.default_rng(1).standard_normal((size, size)).astype(np.float32)
+    for _ in range(3):
+        run(a)
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        t = time.perf_counter()
+        run(a)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return 2 * size ** 3 / times[len(times) // 2] / 1e9
+
+
+def precision_ceilings(threads: int | None = None, size: int = 1024, seconds: float = 1.0) -> dict[str, dict]:
+    """The fastest MatMul each number format reaches here, per engine: {precision: {engine: GFLOP/s (GOP/s)}}.
+
+    fp32 and int8 (uint8 x int8) in ONNX Runtime (MLAS) and OpenVINO (oneDNN); bf16 in OpenVINO where
+    its CPU plugin has native bf16. A variant is judged against the best figure of its own precision.
+    """
+    import tempfile
+
+    import onnxruntime as ort
+
+    out: dict[str, dict] = {"fp32": {}, "int8": {}}
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    for precision, quantized in (("fp32", False), ("int8", True)):
+        session = ort.InferenceSession(_matmul_model(size, quantized).SerializeToString(), opts,
+                                       providers=["CPUExecutionProvider"])
+        out[precision]["onnxruntime"] = _median_gops(lambda a: session.run(None, {"a": a}), size, seconds)
+    try:
+        import onnx
+        import openvino as ov
+
+        from .backends.openvino import has_native_bf16
+    except ImportError:
+        return out
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    runs = [("fp32", False, "f32"), ("int8", True, "f32")] + ([("bf16", False, "bf16")] if has_native_bf16(core) else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision, quantized, hint in runs:
+            path = f"{tmp}/{precision}.onnx"
+            onnx.save_model(_matmul_model(size, quantized), path)
+            compiled = core.compile_model(path, "CPU", {**config, "INFERENCE_PRECISION_HINT": hint})
+            request = compiled.create_infer_request()
+            out.setdefault(precision, {})["openvino"] = _median_gops(lambda a: request.infer({0: a}), size, seconds)
+    return out

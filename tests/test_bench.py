@@ -29,6 +29,10 @@ def test_json_schema_and_consistency(bench_json):
     assert {"machine", "ceiling_gflops", "results", "warnings", "inputs_reused"} <= set(data)
     assert data["machine"]["cores"] >= 1 and "onnxruntime" in data["machine"]["libraries"]
     assert data["ceiling_gflops"] > 0 and data["inputs_reused"] is True
+    # int8 (uint8 x int8 dot products) packs four times the operands per vector register: its MatMul
+    # must beat fp32's, or the int8 ceiling is not measuring an int8 kernel.
+    assert data["ceilings"]["int8"]["onnxruntime"] > data["ceilings"]["fp32"]["onnxruntime"] > 0
+    assert all(r["precision"] == "fp32" for r in data["results"])
     combos = {(r["backend"], r["batch"]) for r in data["results"]}
     assert combos == {("ort-cpu", 1), ("ort-cpu", 4), ("torch", 1), ("torch", 4)}
     for r in data["results"]:
@@ -48,7 +52,7 @@ def test_json_schema_and_consistency(bench_json):
 
 def test_markdown_and_plot_written(bench_json):
     md = (bench_json / "b.md").read_text()
-    assert "| digits | ort-cpu | 4 |" in md and "fp32 ceiling" in md
+    assert "| digits | ort-cpu | 4 |" in md and "Ceilings" in md and "fp32 onnxruntime" in md
     png = (bench_json / "b.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
