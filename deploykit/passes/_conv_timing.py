@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-_RUNS_SECONDS = 0.05  # timed runs per measurement, at least _MIN_RUNS of them
-_MIN_RUNS = 7
+_RUNS_SECONDS = 0.1  # timed runs per measurement, at least _MIN_RUNS of them
+_MIN_RUNS = 10
 
 
 def machine_key(threads: int | None) -> str:

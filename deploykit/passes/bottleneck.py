@@ -10,8 +10,15 @@ conv (it has no bias), so the pair equals the rank-r convolution exactly.
 MACs: Cout*Cin*K*K*Ho*Wo before; Cin*r*Hi*Wi + r*Cout*K*K*Ho*Wo after. A layer is only replaced
 when that is fewer, and only KxK layers with K > 1 are considered unless named explicitly: a 1x1
 conv split into two thin 1x1 convs runs slower than its MACs say (measured in bench/). The rank comes from the spec: rank=N, ratio=F (of Cin), energy=E (kept share
-of the squared singular values) or macs=F (the whole model's MACs cut to F of what they were,
-spending rank where it costs the least error).
+of the squared singular values), macs=F (the whole model's MACs cut to F of what they were,
+spending rank where it costs the least error) or time=F (its measured batch-1 latency cut to F).
+
+Thin convolutions run below the machine's efficiency, so MACs overstate what a cut buys, most of
+all at ranks that are not a multiple of the CPU's channel block (16 with AVX-512, 8 with AVX2),
+which ONNX Runtime's blocked layout packs. The budget modes therefore choose among multiples of the
+block only, each candidate layer and its pair timed at those ranks at the layer's real shapes in
+ONNX Runtime on this machine (deploykit.passes._conv_timing, cached per machine); under time=F the
+allocation spends the measured time rather than MACs.
 
 With calibration data the factorisation is data-aware: it minimises the error on the layer's
 actual inputs, ||(M - M') X||, rather than on the weights alone. With C = E[x x^T] the per-pixel
@@ -31,8 +38,9 @@ from ..errors import UserInputError
 from ._graph import add_initializer, attr, const, ints, replace_value
 from .base import GraphPass
 
-MODES = ("rank", "ratio", "energy", "macs")
+MODES = ("rank", "ratio", "energy", "macs", "time")
 RANK_FLOOR = 8
+GRID_POINTS = 12  # at most this many ranks timed per layer, between its floor and its break-even rank
 
 
 @dataclass
@@ -45,6 +53,26 @@ class _Layer:
     s: np.ndarray = None
     vt: np.ndarray = None
     whiten_inv: np.ndarray | None = None
+    spec: dict | None = None  # the shapes and attributes the timings are measured at (None: not timed)
+    t_full: float | None = None  # measured seconds of the layer as it is, batch 1
+    t_grid: dict | None = None  # rank -> measured seconds of the 1x1 + KxK pair
+
+    def time(self, r=None) -> float | None:
+        """Measured seconds at rank r (None: the layer as it is)."""
+        if r is None or self.t_full is None:
+            return self.t_full
+        return (self.t_grid or {}).get(r)
+
+    def candidate_ranks(self) -> list[int]:
+        """The ranks a budget may choose: the timed ones where the layer was timed, else every rank that pays."""
+        if self.t_grid:
+            return sorted(self.t_grid)
+        return list(range(self.min_rank(), self.break_even_rank() + 1))
+
+    def break_even_rank(self) -> int:
+        """The largest rank whose pair still costs fewer MACs than the layer."""
+        per_rank = self.cin * self.in_hw + self.cout * self.kk * self.out_hw
+        return min(self.max_useful_rank(), (self.macs() - 1) // per_rank)
 
     @property
     def cout(self):
@@ -90,7 +118,7 @@ class BottleneckPass(GraphPass):
                  input_shape=None) -> None:
         super().__init__()
         if mode not in MODES:
-            raise UserInputError(f"unknown bottleneck mode {mode!r}: use rank=N, ratio=F, energy=F or macs=F")
+            raise UserInputError(f"unknown bottleneck mode {mode!r}: use rank=N, ratio=F, energy=F, macs=F or time=F")
         self.mode, self.value, self.layers = mode, value, layers
         self.calibration = calibration
         # {input name: shape}, or one shape for a single-input model; the pipeline fills it in.
@@ -104,14 +132,16 @@ class BottleneckPass(GraphPass):
         try:
             value = float(raw)
         except ValueError:
-            raise UserInputError(f"bad --bottleneck {spec!r}: use rank=16, ratio=0.25, energy=0.95 or macs=0.5") from None
+            raise UserInputError(f"bad --bottleneck {spec!r}: use rank=16, ratio=0.25, energy=0.95, macs=0.5 "
+                                 "or time=0.5") from None
         if key not in MODES:
-            raise UserInputError(f"bad --bottleneck {spec!r}: use rank=16, ratio=0.25, energy=0.95 or macs=0.5")
+            raise UserInputError(f"bad --bottleneck {spec!r}: use rank=16, ratio=0.25, energy=0.95, macs=0.5 "
+                                 "or time=0.5")
         if not math.isfinite(value):
             raise UserInputError(f"bad --bottleneck {spec!r}: the value must be a finite number")
         if key == "rank" and (value < 1 or value != int(value)):
             raise UserInputError(f"bad --bottleneck {spec!r}: rank must be a positive integer")
-        if key in ("ratio", "energy", "macs") and not 0 < value <= 1:
+        if key in ("ratio", "energy", "macs", "time") and not 0 < value <= 1:
             raise UserInputError(f"bad --bottleneck {spec!r}: {key} must be in (0, 1]")
         return cls(key, value, layers, calibration)
 
@@ -182,7 +212,8 @@ class BottleneckPass(GraphPass):
             out_shape = out_shapes.get(node.name)
             if not in_shape or not out_shape:
                 continue
-            layers.append(_Layer(node, w, in_shape[2] * in_shape[3], out_shape[2] * out_shape[3]))
+            layers.append(_Layer(node, w, in_shape[2] * in_shape[3], out_shape[2] * out_shape[3],
+                                 spec=_timing_spec(node, w, in_shape)))
         if grouped:
             # A grouped conv already has 1/groups of a dense conv's weights per output; its per-group
             # matrices are small, and a depthwise one (Cin/groups = 1) has no rank to cut.
@@ -202,26 +233,101 @@ class BottleneckPass(GraphPass):
                 r = min(int(np.searchsorted(energy, self.value - 1e-12) + 1), l.max_useful_rank())
                 out[l.node.name] = max(r, l.min_rank())
             return out
+        self._time_layers(layers)
+        if self.mode == "time":
+            return self._time_budget(layers, model)
         return self._budget(layers, model)
 
-    def _budget(self, layers: list[_Layer], model: ir.Model) -> dict[str, int]:
-        """Lagrangian allocation: each layer picks r minimising error(r)^2 * macs + lambda * macs(r)."""
-        total = self._total_macs
-        target = self.value * total
-        others = total - sum(l.macs() for l in layers)
+    def _time_layers(self, layers: list[_Layer]) -> None:
+        """Each candidate and its pair at GRID_POINTS ranks, timed at its shapes (or read from the cache)."""
+        from ._conv_timing import ConvTimer
+
+        from ..machine import cpu_flags
+
+        # ONNX Runtime's blocked CPU layout packs channels 16 (AVX-512) or 8 (AVX2) at a time: a thin conv
+        # whose width is not a multiple runs far below its MACs (measured: rank 34 of a 256-channel 3x3 at
+        # 14x14 took 0.52 of the layer's time for 0.15 of its MACs; rank 32 took 0.18 for 0.18).
+        block = 16 if "avx512f" in cpu_flags() else 8
+        timer = ConvTimer()
+        for l in layers:
+            if l.spec is None:
+                continue
+            l.t_full = timer.conv(l.spec)
+            lo, hi = l.min_rank(), l.break_even_rank()
+            if hi < lo:
+                continue
+            # The floor itself stays a candidate (the deepest cut a budget may need), then every multiple.
+            ranks = [lo] + [r for r in range(block, hi + 1, block) if r > lo]
+            if len(ranks) > GRID_POINTS:
+                picked = {int(round(v)) for v in np.geomspace(1, len(ranks), GRID_POINTS)}
+                ranks = [ranks[i - 1] for i in sorted(picked)]
+            l.t_grid = {r: timer.pair(l.spec, r) for r in ranks}
+        timer.save()
+        timed = sum(1 for l in layers if l.t_full is not None)
+        self.note(f"timed {timed} convolution(s) and their pairs at their shapes in ONNX Runtime on this machine "
+                  f"({timer.measured} measured now, the rest from the cache)")
+
+    def _time_budget(self, layers: list[_Layer], model: ir.Model) -> dict[str, int]:
+        """time=F: the model's measured batch-1 latency cut to F, spending measured time, not MACs."""
+        total = self._model_seconds(model)
+        timed = [l for l in layers if l.t_grid]
+        others = max(0.0, total - sum(l.t_full for l in timed))
+        choice, cost = self._allocate(timed, others, self.value * total, lambda l, r: l.time(r))
+        if cost > self.value * total:
+            raise UserInputError(
+                f"--bottleneck time={self.value:g} cannot be reached: factorising the dense KxK convolutions down to "
+                f"their rank floor leaves {cost / total:.2f} of the measured time ({total * 1e3:.3g} ms at batch 1); "
+                f"ask for time={math.ceil(cost / total * 100) / 100:g} or more")
+        self.note(f"time budget: {total * 1e3:.3g} ms at batch 1 measured here; the chosen ranks are predicted to "
+                  f"take {cost / total:.2f} of it (from the layer timings; the rest of the model as measured)")
+        return {k: v for k, v in choice.items() if v is not None}
+
+    def _model_seconds(self, model: ir.Model) -> float:
+        """Median batch-1 latency of the model as it is now, in ONNX Runtime at level ALL."""
+        import tempfile
+        import time
+        from pathlib import Path
+
+        import onnx
+
+        from ..signature import read_signature, sample_inputs
+        from ..verify import cpu_session
+
+        with tempfile.TemporaryDirectory(prefix="deploykit-time-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            ir.save(model, path, external_data="model.onnx.data", size_threshold_bytes=1024)
+            signature = read_signature(onnx.load(str(path), load_external_data=False))
+            shapes = signature.resolve(self.input_shapes if isinstance(self.input_shapes, dict) else
+                                       ({signature.input_names[0]: self.input_shapes} if self.input_shapes else None))
+            feeds = sample_inputs(signature, {n: (1, *shape[1:]) for n, shape in shapes.items()})
+            session = cpu_session(str(path))
+            for _ in range(3):
+                session.run(None, feeds)
+            times, start = [], time.perf_counter()
+            while len(times) < 7 or time.perf_counter() - start < 0.5:
+                t = time.perf_counter()
+                session.run(None, feeds)
+                times.append(time.perf_counter() - t)
+        times.sort()
+        return times[len(times) // 2]
+
+    def _allocate(self, layers, others, target, cost_of, allowed=lambda l, r: True):
+        """Lagrangian allocation: each layer picks r minimising error(r)^2 * macs + lambda * cost(r), lambda
+        found by bisection so the total cost meets `target`. Returns (choice, total cost)."""
 
         def pick(lam):
             choice, cost = {}, others
             for l in layers:
-                best_r, best = None, l.macs() * lam  # keeping the layer: no error, full MACs
-                for r in range(l.min_rank(), l.max_useful_rank() + 1):
-                    if l.macs(r) >= l.macs():
-                        break
-                    value = l.error(r) ** 2 * l.macs() + lam * l.macs(r)
+                full = cost_of(l, None)
+                best_r, best = None, full * lam  # keeping the layer: no error, full cost
+                for r in l.candidate_ranks():
+                    if not allowed(l, r):
+                        continue
+                    value = l.error(r) ** 2 * l.macs() + lam * cost_of(l, r)
                     if value < best:
                         best_r, best = r, value
                 choice[l.node.name] = best_r
-                cost += l.macs(best_r) if best_r else l.macs()
+                cost += cost_of(l, best_r) if best_r else full
             return choice, cost
 
         lo, hi = 0.0, 1.0
@@ -229,17 +335,27 @@ class BottleneckPass(GraphPass):
             hi *= 2
         choice, cost = pick(hi)
         if cost > target:
+            return choice, cost
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            c, cc = pick(mid)
+            if cc <= target:
+                hi, choice, cost = mid, c, cc
+            else:
+                lo = mid
+        return choice, cost
+
+    def _budget(self, layers: list[_Layer], model: ir.Model) -> dict[str, int]:
+        """macs=F: the model's MACs cut to F, at the timed ranks (multiples of the CPU's channel block)."""
+        total = self._total_macs
+        target = self.value * total
+        others = total - sum(l.macs() for l in layers)
+        choice, cost = self._allocate(layers, others, target, lambda l, r: l.macs(r))
+        if cost > target:
             raise UserInputError(
                 f"--bottleneck macs={self.value:g} cannot be reached: factorising the dense KxK convolutions down to "
                 f"their rank floor (at least {RANK_FLOOR} channels) leaves {cost / total:.2f} of the MACs; ask for "
                 f"macs={math.ceil(cost / total * 100) / 100:g} or more, or name 1x1 layers in --bottleneck-layers")
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            c, cost = pick(mid)
-            if cost <= target:
-                hi, choice = mid, c
-            else:
-                lo = mid
         return {k: v for k, v in choice.items() if v is not None}
 
     def _replace(self, layer: _Layer, r: int) -> None:
@@ -277,3 +393,16 @@ class BottleneckPass(GraphPass):
             evals = np.maximum(evals, 1e-6 * max(float(evals.max()), 1e-12))
             l.whiten = (evecs * np.sqrt(evals)) @ evecs.T
             l.whiten_inv = (evecs / np.sqrt(evals)) @ evecs.T
+
+
+def _timing_spec(node: ir.Node, weight: np.ndarray, in_shape) -> dict | None:
+    """What a layer's timing depends on; None where the timing model does not apply (auto_pad, non-square)."""
+    kh, kw = weight.shape[2:]
+    strides = ints(node, "strides", [1, 1])
+    dilations = ints(node, "dilations", [1, 1])
+    if attr(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or kh != kw or len(set(strides)) != 1 \
+            or len(set(dilations)) != 1 or len(in_shape) != 4:
+        return None
+    return {"cin": int(weight.shape[1]), "cout": int(weight.shape[0]), "k": int(kh), "stride": int(strides[0]),
+            "dilation": int(dilations[0]), "pads": [int(p) for p in ints(node, "pads", [0, 0, 0, 0])],
+            "h": int(in_shape[2]), "w": int(in_shape[3])}

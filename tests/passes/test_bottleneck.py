@@ -162,3 +162,55 @@ def test_one_by_one_convs_only_when_named():
     named = BottleneckPass("ratio", 0.25, layers=["pointwise", "spatial"])
     named(to_ir(proto))
     assert sorted(named.chosen) == ["pointwise", "spatial"]
+
+
+def _stack(channels=64, spatial=28, depth=3, seed=11):
+    """Three 3x3 convs with ReLU: the layers a time budget has to choose between."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, source = [], [], "x"
+    for i in range(depth):
+        inits.append((f"w{i}", (rng.standard_normal((channels, channels, 3, 3)) / 24).astype(np.float32)))
+        nodes += [helper.make_node("Conv", [source, f"w{i}"], [f"c{i}"], name=f"conv{i}", kernel_shape=[3, 3],
+                                   pads=[1] * 4),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        source = f"r{i}"
+    return make_model(nodes, [tensor_info("x", [1, channels, spatial, spatial])],
+                      [tensor_info(source, [1, channels, spatial, spatial])], inits)
+
+
+def test_time_budget_uses_measured_timings_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path))
+    proto = _stack()
+    x = np.random.default_rng(0).standard_normal((1, 64, 28, 28)).astype(np.float32)
+    reference = ort_run(proto, {"x": x})[0]
+    first = BottleneckPass.from_spec("time=0.6")
+    model = to_ir(proto)
+    assert first(model).modified
+    notes = " ".join(first.notes)
+    assert "time budget:" in notes and "ms at batch 1 measured here" in notes
+    assert "3 convolution(s)" in notes and "0 measured now" not in notes
+    import json
+
+    stored = json.loads((tmp_path / "conv-timings.json").read_text())
+    timings = next(iter(stored.values()))
+    assert len(timings) > 3 and all(v > 0 for v in timings.values())  # each layer and its pairs, in seconds
+    # What it chose is a real rank-r factorisation: MACs fall, outputs stay close to the source.
+    macs = inspect_model(proto).totals.macs
+    import onnx_ir as ir
+
+    assert inspect_model(ir.to_proto(model)).totals.macs < macs
+    out = ort_run(model, {"x": x})[0]
+    assert np.abs(out - reference).max() < np.abs(reference).max()
+    again = BottleneckPass.from_spec("time=0.6")
+    again(to_ir(proto))
+    assert "(0 measured now, the rest from the cache)" in " ".join(again.notes)
+    assert again.chosen == first.chosen
+
+
+def test_unreachable_time_budget_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path))
+    with pytest.raises(UserInputError, match=r"time=0.01 cannot be reached"):
+        BottleneckPass.from_spec("time=0.01")(to_ir(_stack()))
+    for bad in ("time=0", "time=1.5", "time=nan"):
+        with pytest.raises(UserInputError):
+            BottleneckPass.from_spec(bad)
