@@ -181,10 +181,14 @@ def inspect_cmd(model, input_shape, as_json):
               help="with --int8: a node name or op type to keep in float (repeatable)")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="with --int8: how activation ranges are chosen  [default: minmax]")
-@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", help="runtime the graph is shaped for")
+@click.option("--target", type=click.Choice(["ort", "tensorrt", "openvino"]), default="ort",
+              help="runtime the graph is shaped for (openvino: no ONNX Runtime-only fusions)")
 @click.option("--ort-layout", is_flag=True,
               help="bake ONNX Runtime's CPU layout (NCHWc) into the model: full speed without graph "
                    "optimisation at load, but tied to this CPU's vector extensions")
+@click.option("--recipe", type=click.Choice(["fast"]), default=None,
+              help="fast: fold + a low-rank bottleneck under a measured time budget + int8, the whole result held to "
+                   "--max-accuracy-drop (default 1 point) against the input; needs --calibration")
 @_shape_option("input shape for verification (default: the one recorded at export)")
 @click.option("--tolerance", type=FiniteFloat(min=0), default=1e-4,
               help="max relative deviation (max|diff| / max|reference|) of an exact pass")
@@ -194,7 +198,7 @@ def inspect_cmd(model, input_shape, as_json):
 @_json_option("the report")
 def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
              calibration, validate, max_accuracy_drop, int8_exclude, calibration_method, target, ort_layout,
-             input_shape, tolerance, max_error, report_path, as_json):
+             recipe, input_shape, tolerance, max_error, report_path, as_json):
     """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
     from .io import check_output_path, model_files
     from .optimize import optimize_model
@@ -207,7 +211,7 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
                             int8=int8, calibration=calibration, calibration_method=calibration_method,
                             ort_layout=ort_layout, input_shape=input_shape, tolerance=tolerance, max_error=max_error,
                             validate=validate, int8_exclude=int8_exclude, max_accuracy_drop=max_accuracy_drop,
-                            progress=lambda name: click.echo(f"running {name} ...", err=True))
+                            recipe=recipe, progress=lambda name: click.echo(f"running {name} ...", err=True))
     if report_path:
         _write_report(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
     if as_json:
@@ -227,6 +231,15 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
                           if p.accuracy_after is not None else ""))
         for n in p.notes:
             click.echo(f"    {n}")
+    if report.recipe:
+        r = report.recipe
+        drop = "" if r["drop"] is None else f", {r['drop']:.2f} point(s) lost against the input"
+        click.echo(f"recipe {r['name']}: bottleneck {r['bottleneck'] or 'left out'} + int8{drop} "
+                   f"(budget {r['accuracy_budget']:g})")
+        for refused in r["refused"]:
+            click.echo(f"    tried first, refused: {refused}")
+        click.echo(f"    runs in ONNX Runtime and OpenVINO; compare them here with: deploykit bench {output} "
+                   f"--backend ort-cpu --backend ov-cpu")
     click.echo(f"wrote {output}")
 
 

@@ -68,11 +68,12 @@ class OptimizeReport:
     noise_floor: float = 0.0  # max rel deviation between ORT's optimised and unoptimised runs of the input
     exact_limit: float = 0.0  # what an exact pass may change: max(tolerance, 2 x noise floor)
     passes: list[PassReport] = field(default_factory=list)
+    recipe: dict | None = None  # {"name", "bottleneck", "accuracy_budget", "drop", "refused"} with --recipe
 
     def to_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "input_shapes": self.input_shapes,
                 "validation_data": self.validation_data, "noise_floor": self.noise_floor,
-                "exact_limit": self.exact_limit, "passes": [asdict(p) for p in self.passes]}
+                "exact_limit": self.exact_limit, "passes": [asdict(p) for p in self.passes], "recipe": self.recipe}
 
 
 def _run_all(session, feeds):
@@ -150,13 +151,22 @@ def resolve_input_shapes(proto, given=None) -> dict[str, tuple[int, ...]]:
     return read_signature(proto).resolve(given)
 
 
+class BudgetNotHeld(VerificationError):
+    """The finished pipeline's result fails the caller's acceptance check; nothing was written."""
+
+    def __init__(self, message: str, report: "OptimizeReport"):
+        super().__init__(message)
+        self.report = report
+
+
 def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tolerance=DEFAULT_TOLERANCE,
-                 max_error=None, progress=None, validate=None, calibration=None) -> OptimizeReport:
+                 max_error=None, progress=None, validate=None, calibration=None, accept=None) -> OptimizeReport:
     """Apply `passes` (GraphPass instances, in order) to the ONNX model at `model_path`.
 
     Each pass is judged on `validate` (see deploykit.validation), else on `calibration`, else on
     random samples. Returns the report; writes `output_path` atomically when given. The input file
-    is never modified.
+    is never modified. `accept(report)` (optional) returns None to accept the result, or the reason it is
+    refused, which raises BudgetNotHeld before anything is written.
     """
     import onnx_ir as ir
 
@@ -211,6 +221,9 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
         if max_error is not None and deviation.max_rel > max_error:
             raise VerificationError(f"after pass {p.name} the outputs deviate by {deviation.max_rel:.3g} relative, "
                                     f"above --max-error {max_error:g}: {deviation.describe()}; nothing was written")
+    refusal = accept(report) if accept is not None else None
+    if refusal:
+        raise BudgetNotHeld(refusal, report)
     if output_path is not None:
         del evaluator  # the reference outputs are no longer needed
         io.save_ir_model(model, output_path, inputs=inputs, metadata={
@@ -226,13 +239,81 @@ def _tidy(model) -> None:
     common.RemoveUnusedNodesPass()(model)
 
 
+RECIPES = ("fast",)
+# The time budgets the fast recipe tries, deepest first, until the whole result holds the accuracy budget;
+# None is int8 alone.
+FAST_BOTTLENECKS = ("time=0.5", "time=0.7", "time=0.85", None)
+
+
+def total_drop(report: OptimizeReport) -> float | None:
+    """Points of accuracy (labelled data) or of top-1 agreement the whole pipeline cost against its input."""
+    if not report.passes:
+        return 0.0
+    last = report.passes[-1]
+    if last.accuracy_before is not None and last.accuracy_after is not None:
+        return 100.0 * (last.accuracy_before - last.accuracy_after)
+    return None if last.top1_agreement is None else 100.0 * (1.0 - last.top1_agreement)
+
+
 def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target="ort", fc_to_conv=False,
                    bottleneck=None, bottleneck_layers=None, fp16=False, fp16_io=False, int8=False,
                    calibration=None, calibration_method=None, ort_layout=False, input_shape=None,
                    tolerance=DEFAULT_TOLERANCE, max_error=None, progress=None, validate=None, int8_exclude=(),
-                   max_accuracy_drop=None) -> OptimizeReport:
-    """`deploykit optimize` as a function: build the pipeline for these options and run it verified."""
+                   max_accuracy_drop=None, recipe=None, _accept=None) -> OptimizeReport:
+    """`deploykit optimize` as a function: build the pipeline for these options and run it verified.
+
+    recipe="fast" stacks what pays on the CPU: fold, a low-rank bottleneck under a measured time budget,
+    and int8 under the accuracy budget, in a graph both ONNX Runtime and OpenVINO run. The budget
+    (--max-accuracy-drop, 1 point by default) holds for the whole result against the input: the
+    bottleneck is tried at time=0.5, then milder budgets, then left out, until it does.
+    """
+    from .errors import UserInputError
     from .passes import build_pipeline
+
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise UserInputError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+        if calibration is None:
+            raise UserInputError("--recipe fast quantizes to int8: give --calibration DATA (and --validate DATA to "
+                                 "judge the accuracy budget on data of your own)")
+        if fp16 or fc_to_conv or ort_layout or int8:
+            raise UserInputError("--recipe fast chooses its own passes: drop --fp16, --int8, --fc-to-conv and "
+                                 "--ort-layout (or run them without the recipe)")
+        budget = DEFAULT_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
+        tries = (bottleneck,) if bottleneck else FAST_BOTTLENECKS
+
+        def holds(report):
+            drop = total_drop(report)
+            if drop is not None and drop > budget:
+                return (f"the result costs {drop:.2f} points of "
+                        f"{'accuracy' if report.passes[-1].accuracy_after is not None else 'top-1 agreement'} "
+                        f"against the input, over the budget of {budget:g}")
+            return None
+
+        refusals = []
+        for spec in tries:
+            if progress:
+                progress(f"recipe fast: bottleneck {spec or 'none'} + int8")
+            try:
+                report = optimize_model(model_path, output_path, fold=fold, fuse=False, target="openvino",
+                                        bottleneck=spec, bottleneck_layers=bottleneck_layers if spec else None,
+                                        int8=True, calibration=calibration, calibration_method=calibration_method,
+                                        input_shape=input_shape, tolerance=tolerance, max_error=max_error,
+                                        progress=progress, validate=validate, int8_exclude=int8_exclude,
+                                        max_accuracy_drop=budget, _accept=holds)
+            except (BudgetNotHeld, UserInputError) as exc:
+                if isinstance(exc, UserInputError) and "cannot be reached" not in str(exc):
+                    raise
+                refusals.append(f"bottleneck {spec}: {exc}")
+                continue
+            except VerificationError as exc:  # int8 alone cannot hold the budget at this step
+                refusals.append(f"bottleneck {spec or 'none'}: {exc}")
+                continue
+            report.recipe = {"name": recipe, "bottleneck": spec, "accuracy_budget": budget,
+                             "drop": total_drop(report), "refused": refusals}
+            return report
+        raise VerificationError("--recipe fast cannot hold the accuracy budget of "
+                                f"{budget:g} point(s): " + "; ".join(refusals) + "; nothing was written")
 
     if calibration is not None and not isinstance(calibration, np.ndarray) and (int8 or fp16 or bottleneck):
         # Read (and refuse bad data) before any pass runs, once for every pass that uses it.
@@ -255,4 +336,4 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                             budget_asked=budget_asked)
     return run_pipeline(model_path, passes, output_path, input_shape=input_shape, tolerance=tolerance,
                         max_error=max_error, progress=progress, validate=validate,
-                        calibration=calibration if calibration is not None else None)
+                        calibration=calibration if calibration is not None else None, accept=_accept)

@@ -112,3 +112,45 @@ def test_max_error_fails_an_approximating_pass(cli, exported, tmp_path):
     result = cli("optimize", path, "-o", tmp_path / "b.onnx", "--bottleneck", "rank=1", "--max-error", "1e-6")
     assert result.code == 3 and "above --max-error" in result.err
     assert not (tmp_path / "b.onnx").exists()
+
+
+def test_recipe_fast_holds_the_budget_on_real_digits(exported, tmp_path, cli):
+    """The whole stacked result, judged here on the digits test set against the float model's accuracy."""
+    from deploykit import Engine
+    from deploykit_zoo.digits import load_digits_split
+
+    path, _ = exported("digits")
+    out = tmp_path / "fast.onnx"
+    result = cli("optimize", path, "-o", out, "--recipe", "fast", "--calibration", "digits", "--validate", "digits",
+                 "--max-accuracy-drop", "0.5", "--json")
+    assert result.code == 0, result.err
+    import json
+
+    recipe = json.loads(result.out)["recipe"]
+    assert recipe["name"] == "fast" and recipe["accuracy_budget"] == 0.5
+    _, _, x, y = load_digits_split()
+    x = x.astype(np.float32)
+    before = float(np.mean(Engine(path)(x).argmax(1) == y))
+    for providers in ("cpu", "openvino"):  # one graph for both engines: no ONNX Runtime-only ops
+        after = float(np.mean(Engine(out, providers=providers)(x).argmax(1) == y))
+        assert before - after <= 0.005, providers
+    import onnx
+
+    graph = onnx.load(str(out)).graph
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    assert all(n.domain in ("", "ai.onnx") for n in graph.node)
+
+
+def test_recipe_and_openvino_target_refusals(exported, tmp_path, cli):
+    path, _ = exported("digits")
+    result = cli("optimize", path, "-o", tmp_path / "a.onnx", "--recipe", "fast")
+    assert result.code == 2 and "--calibration" in result.err
+    result = cli("optimize", path, "-o", tmp_path / "b.onnx", "--recipe", "fast", "--calibration", "digits", "--fp16")
+    assert result.code == 2 and "chooses its own passes" in result.err
+    fused = tmp_path / "fused.onnx"
+    assert cli("optimize", path, "-o", fused).code == 0
+    result = cli("build", fused, "--backend", "ov-cpu", "-o", tmp_path / "f.xml")
+    assert result.code == 2 and "--target openvino" in result.err
+    portable = tmp_path / "portable.onnx"
+    assert cli("optimize", path, "-o", portable, "--target", "openvino").code == 0
+    assert cli("build", portable, "--backend", "ov-cpu", "-o", tmp_path / "p.xml").code == 0

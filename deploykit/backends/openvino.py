@@ -46,6 +46,19 @@ def has_native_bf16(core=None) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def _check_readable(path: Path) -> None:
+    """OpenVINO reads standard ONNX only: ONNX Runtime's own ops (com.microsoft) are refused with the fix."""
+    if path.suffix != ".onnx":
+        return
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    foreign = sorted({f"{n.domain}.{n.op_type}" for n in graph.node if n.domain not in ("", "ai.onnx")})
+    if foreign:
+        raise UserInputError(f"{path.name} holds ONNX Runtime's own ops ({', '.join(foreign[:3])}), which OpenVINO "
+                             "cannot run: optimize it with --target openvino (or --no-fuse) for ov-cpu")
+
+
 def _is_quantized(path: Path) -> bool:
     import onnx
 
@@ -98,6 +111,7 @@ class OpenVinoBackend(Backend):
         if output.suffix != ".xml":
             raise UserInputError(f"ov-cpu writes OpenVINO IR: name the output MODEL.xml (got {output.name})")
         start = time.perf_counter()
+        _check_readable(model)
         precision = self.precision(options, model)
         key = cache_key(file_sha256(model), self.name, options, self.environment())
         cached = cache_dir() / "artefacts" / f"{key}.xml"
@@ -132,6 +146,8 @@ class OpenVinoBackend(Backend):
         self.check_available()
         artefact = Path(artefact)
         options = options or BuildOptions()
+        if artefact.is_file():
+            _check_readable(artefact)
         if precision is None:
             recorded = artefact.suffix == ".xml" and not (options.bf16 or options.int8)
             precision = recorded_precision(artefact) if recorded else self.precision(options, artefact)

@@ -38,8 +38,8 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
     """
     from ..errors import UserInputError
 
-    if target not in ("ort", "tensorrt"):
-        raise UserInputError(f"unknown target {target!r}: choose ort or tensorrt")
+    if target not in ("ort", "tensorrt", "openvino"):
+        raise UserInputError(f"unknown target {target!r}: choose ort, tensorrt or openvino")
     if int8 and fp16:
         raise UserInputError("choose one of --int8 and --fp16")
     if int8 and calibration is None:
@@ -70,13 +70,16 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
     if int8:
         from .int8 import QuantizeInt8Pass
 
-        passes.append(QuantizeInt8Pass(calibration, target=target, method=calibration_method, exclude=int8_exclude,
+        # OpenVINO runs ONNX Runtime's QDQ layout (uint8 activations) as int8 as well (bench/ENGINES.md).
+        passes.append(QuantizeInt8Pass(calibration, target="ort" if target == "openvino" else target,
+                                       method=calibration_method, exclude=int8_exclude,
                                        max_accuracy_drop=max_accuracy_drop, budget_asked=budget_asked))
     elif fp16:
         from .fp16 import Float16Pass
 
         passes.append(Float16Pass(keep_io_types=not fp16_io, sample=calibration))
-    if fuse and not (int8 or fp16):
+    if fuse and not (int8 or fp16) and target != "openvino":
+        # OpenVINO fuses Conv+activation itself and cannot read ONNX Runtime's com.microsoft.FusedConv.
         passes.append(FuseConvActivationPass(target))
     if ort_layout:
         if target != "ort":
