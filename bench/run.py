@@ -70,7 +70,7 @@ def build_variants(name: str, tmp: Path, log) -> tuple[dict, dict]:
                         ("ORT bottleneck+int8", {"bottleneck": "time=0.5", "int8": True, "calibration": calibration})]:
         out = tmp / f"{name}_{'_'.join(label.split()[1:]).replace('=', '').replace('+', '_')}.onnx"
         start = time.perf_counter()
-        report = optimize_with_reachable_budget(raw, out, opts, log)
+        report = optimize_with_reachable_budget(raw, out, opts, log, label)
         log(f"  built {name} / {label} in {time.perf_counter() - start:.1f} s")
         variants[label] = ("ort-cpu", str(out))
         if label == "ORT int8":
@@ -91,7 +91,7 @@ def build_variants(name: str, tmp: Path, log) -> tuple[dict, dict]:
     return variants, accounting
 
 
-def optimize_with_reachable_budget(raw: Path, out: Path, opts: dict, log):
+def optimize_with_reachable_budget(raw: Path, out: Path, opts: dict, log, label: str):
     """optimize_model; a bottleneck budget the model cannot reach (ResNet-50's KxK layers alone cannot halve its
     MACs) is retried at the nearest one the refusal names, and the run says so."""
     import re
@@ -105,8 +105,8 @@ def optimize_with_reachable_budget(raw: Path, out: Path, opts: dict, log):
         if not asked or "bottleneck" not in opts:
             raise
         log(f"  {raw.stem}: --bottleneck {opts['bottleneck']} cannot be reached; measured at {asked.group(1)}")
-        NOTES.append(f"{raw.stem}: `--bottleneck {opts['bottleneck']}` cannot be reached (the dense KxK layers alone "
-                     f"cannot cut that much); its row was measured at `{asked.group(1)}`")
+        NOTES.append(f"{raw.stem} / {label}: `--bottleneck {opts['bottleneck']}` cannot be reached (the dense KxK "
+                     f"layers alone cannot cut that much); the row was measured at `{asked.group(1)}`")
         return optimize_model(raw, out, **{**opts, "bottleneck": asked.group(1)})
 
 
@@ -234,7 +234,9 @@ def write_results(path: Path, machine, ceilings, rows, sliding_lines, elapsed, a
         notes = {r["note"] for r in rows if r["model"] == name and r["note"]}
         out += [""] + [f"int8: {n}." for n in notes] + [""]
     out += [f"- {n}" for n in NOTES] + ([""] if NOTES else [])
-    out += sliding_lines + ["", "![throughput](throughput.png)", "", "![latency](latency.png)", ""]
+    out += sliding_lines
+    if not args.no_plots:
+        out += ["", "![throughput](throughput.png)", "", "![latency](latency.png)", ""]
     path.write_text("\n".join(out) + "\n")
 
 

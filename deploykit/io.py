@@ -156,12 +156,19 @@ def save_model(model, path: str | os.PathLike, external_weights: bool = False, i
         return out
     data_name = out.name + ".data"
     check_output_path(out.parent / data_name, inputs)
+    return _staged_write(out, lambda target: onnx.save_model(
+        model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name,
+        size_threshold=1024))
+
+
+def _staged_write(out: Path, write) -> Path:
+    """`write(path)` into a private folder beside `out`, then its files renamed into place, the side file
+    (OUT.data) before the model, so no reader sees a model whose weights are half-written."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        onnx.save_model(model, str(staging / out.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
+        write(staging / out.name)
         mode = 0o666 & ~_current_umask()
-        for name in (data_name, out.name):
+        for name in (out.name + ".data", out.name):
             if (staging / name).exists():
                 os.chmod(staging / name, mode)
                 os.replace(staging / name, out.parent / name)
@@ -188,21 +195,10 @@ def save_ir_model(model, path: str | os.PathLike, inputs=(), metadata: dict | No
     external = weight_bytes > _PROTOBUF_LIMIT // 2  # the graph and its small tensors must fit beside them
     if external:
         check_output_path(out.parent / data_name, inputs)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        if external:
-            ir.save(model, staging / out.name, external_data=data_name, size_threshold_bytes=1024)
-        else:
-            _save_streamed(model, staging / out.name)
-        mode = 0o666 & ~_current_umask()
-        for name in (data_name, out.name):
-            if (staging / name).exists():
-                os.chmod(staging / name, mode)
-                os.replace(staging / name, out.parent / name)
-        WRITTEN.append(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    if external:
+        return _staged_write(out, lambda target: ir.save(model, target, external_data=data_name,
+                                                         size_threshold_bytes=1024))
+    return _staged_write(out, lambda target: _save_streamed(model, target))
 
 
 def _varint(n: int) -> bytes:
