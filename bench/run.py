@@ -71,6 +71,8 @@ def build_variants(name: str, tmp: Path, log) -> tuple[dict, dict]:
         out = tmp / f"{name}_{'_'.join(label.split()[1:]).replace('=', '').replace('+', '_')}.onnx"
         start = time.perf_counter()
         report = optimize_with_reachable_budget(raw, out, opts, log, label)
+        if report is None:
+            continue
         log(f"  built {name} / {label} in {time.perf_counter() - start:.1f} s")
         variants[label] = ("ort-cpu", str(out))
         if label == "ORT int8":
@@ -82,7 +84,8 @@ def build_variants(name: str, tmp: Path, log) -> tuple[dict, dict]:
         if native_bf16:
             variants["OV bf16"] = ("ov-cpu:bf16", str(raw))
         variants["OV int8"] = ("ov-cpu", variants["ORT int8"][1])
-        variants["OV bottleneck+int8"] = ("ov-cpu", variants["ORT bottleneck+int8"][1])
+        if "ORT bottleneck+int8" in variants:
+            variants["OV bottleneck+int8"] = ("ov-cpu", variants["ORT bottleneck+int8"][1])
     accounting = {}
     for label, (backend, artefact, *_) in variants.items():
         report = inspect_model(raw if backend == "torch" else artefact, tuple(shape), weights=False)
@@ -104,6 +107,10 @@ def optimize_with_reachable_budget(raw: Path, out: Path, opts: dict, log, label:
         asked = re.search(r"ask for ((?:macs|time)=[0-9.]+)", str(exc))
         if not asked or "bottleneck" not in opts:
             raise
+        if float(asked.group(1).split("=")[1]) >= 1:
+            NOTES.append(f"{raw.stem} / {label}: no bottleneck pays on this model (`--bottleneck {opts['bottleneck']}` "
+                         f"is refused: the floor is {asked.group(1)}); the row is left out")
+            return None
         log(f"  {raw.stem}: --bottleneck {opts['bottleneck']} cannot be reached; measured at {asked.group(1)}")
         NOTES.append(f"{raw.stem} / {label}: `--bottleneck {opts['bottleneck']}` cannot be reached (the dense KxK "
                      f"layers alone cannot cut that much); the row was measured at `{asked.group(1)}`")
