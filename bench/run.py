@@ -114,7 +114,7 @@ def optimize_with_reachable_budget(raw: Path, out: Path, opts: dict, log, label:
         log(f"  {raw.stem}: --bottleneck {opts['bottleneck']} cannot be reached; measured at {asked.group(1)}")
         NOTES.append(f"{raw.stem} / {label}: `--bottleneck {opts['bottleneck']}` cannot be reached (the dense KxK "
                      f"layers alone cannot cut that much); the row was measured at `{asked.group(1)}`")
-        return optimize_model(raw, out, **{**opts, "bottleneck": asked.group(1)})
+        return optimize_with_reachable_budget(raw, out, {**opts, "bottleneck": asked.group(1)}, log, label)
 
 
 NOTES: list[str] = []
