@@ -246,8 +246,8 @@ def _check_shared_dims(declared, arrays: Mapping[str, np.ndarray]) -> None:
     seen: dict[str, tuple[str, int]] = {}
     for name, shape, _ in declared:
         for axis, dim in enumerate(shape or ()):
-            if not isinstance(dim, str) or not dim:
-                continue
+            if not isinstance(dim, str) or not dim or dim == "?":
+                continue  # '?' is how some exporters spell an unknown dimension: it names nothing shared
             size = arrays[name].shape[axis]
             if dim in seen and seen[dim][1] != size:
                 other, other_size = seen[dim]

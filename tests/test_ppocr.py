@@ -116,3 +116,21 @@ def test_ocr_pipeline_reads_the_same_text_with_deploykits_models(optimized):
     agreement = sum(a == b for a, b in zip(int8, original)) / len(original)
     print(f"int8 PP-OCR: {agreement:.0%} of lines identical ({int8} vs {original})")
     assert int8 and 0.0 <= agreement <= 1.0
+
+
+def test_recipe_fast_holds_the_budget_on_the_classifier(samples, tmp_path):
+    """The stacked recipe on a real trained model: its top-1 agreement with the source, measured here."""
+    from deploykit import Engine
+
+    _, files = samples
+    out = tmp_path / "cls_fast.onnx"
+    report = optimize_model(CLS, out, input_shape=SHAPES["cls"], recipe="fast", calibration=str(files["cls"]),
+                            validate=str(files["cls"]))
+    assert report.recipe["name"] == "fast" and report.recipe["drop"] <= 1.0
+    x = np.load(files["cls"])
+    reference = Engine(CLS)(x).argmax(1)
+    assert np.array_equal(Engine(out)(x).argmax(1), reference)
+    # The budget is judged in ONNX Runtime. OpenVINO's int8 kernels round differently: on these strips
+    # it flipped one of six (README, "What deploykit still cannot take"); measured, not asserted equal.
+    flipped = int(np.sum(Engine(out, providers="openvino")(x).argmax(1) != reference))
+    print(f"recipe fast, PP-OCR classifier in OpenVINO: {flipped} of {len(x)} strips flipped")
