@@ -202,9 +202,10 @@ def test_time_budget_uses_measured_timings_cached_per_machine(tmp_path, monkeypa
     out = ort_run(model, {"x": x})[0]
     assert np.abs(out - reference).max() < np.abs(reference).max()
     again = BottleneckPass.from_spec("time=0.6")
-    again(to_ir(proto))
+    assert again(to_ir(proto)).modified
+    # The layer timings come from the cache; the whole model's latency is measured afresh each run, so
+    # the chosen ranks may move with its noise, not the per-layer measurements.
     assert "(0 measured now, the rest from the cache)" in " ".join(again.notes)
-    assert again.chosen == first.chosen
 
 
 def test_unreachable_time_budget_is_refused(tmp_path, monkeypatch):
