@@ -97,24 +97,20 @@ def build_variants(name: str, tmp: Path, log) -> tuple[dict, dict]:
 def optimize_with_reachable_budget(raw: Path, out: Path, opts: dict, log, label: str):
     """optimize_model; a bottleneck budget the model cannot reach (ResNet-50's KxK layers alone cannot halve its
     MACs) is retried at the nearest one the refusal names, and the run says so."""
-    import re
-
-    from deploykit.errors import UserInputError
+    from deploykit.passes.bottleneck import UnreachableBudget
 
     try:
         return optimize_model(raw, out, **opts)
-    except UserInputError as exc:
-        asked = re.search(r"ask for ((?:macs|time)=[0-9.]+)", str(exc))
-        if not asked or "bottleneck" not in opts:
-            raise
-        if float(asked.group(1).split("=")[1]) >= 1:
+    except UnreachableBudget as exc:
+        reachable = exc.reachable
+        if float(reachable.split("=")[1]) >= 1:
             NOTES.append(f"{raw.stem} / {label}: no bottleneck pays on this model (`--bottleneck {opts['bottleneck']}` "
-                         f"is refused: the floor is {asked.group(1)}); the row is left out")
+                         f"is refused: the floor is {reachable}); the row is left out")
             return None
-        log(f"  {raw.stem}: --bottleneck {opts['bottleneck']} cannot be reached; measured at {asked.group(1)}")
+        log(f"  {raw.stem}: --bottleneck {opts['bottleneck']} cannot be reached; measured at {reachable}")
         NOTES.append(f"{raw.stem} / {label}: `--bottleneck {opts['bottleneck']}` cannot be reached (the dense KxK "
-                     f"layers alone cannot cut that much); the row was measured at `{asked.group(1)}`")
-        return optimize_with_reachable_budget(raw, out, {**opts, "bottleneck": asked.group(1)}, log, label)
+                     f"layers alone cannot cut that much); the row was measured at `{reachable}`")
+        return optimize_with_reachable_budget(raw, out, {**opts, "bottleneck": reachable}, log, label)
 
 
 NOTES: list[str] = []

@@ -60,35 +60,6 @@ def describe() -> dict:
     return info
 
 
-def fp32_ceiling_gflops(threads: int | None = None, size: int = 1024, seconds: float = 1.0) -> float:
-    """GFLOP/s of an fp32 size x size x size MatMul in ONNX Runtime (median of runs for `seconds`)."""
-    import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    b = numpy_helper.from_array(rng.standard_normal((size, size)).astype(np.float32), "b")
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "ceiling",
-                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
-                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])], [b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    a = rng.standard_normal((size, size)).astype(np.float32)
-    for _ in range(3):
-        session.run(None, {"a": a})
-    times, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 5:
-        t = time.perf_counter()
-        session.run(None, {"a": a})
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return 2 * size ** 3 / times[len(times) // 2] / 1e9
-
-
 def _matmul_model(size: int, quantized: bool):
     """C = A @ B with B a constant; quantized: both operands through QuantizeLinear/DequantizeLinear
     (uint8 activations, int8 weights), which ONNX Runtime and OpenVINO both run as an int8 MatMul."""

@@ -269,6 +269,7 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
     """
     from .errors import UserInputError
     from .passes import build_pipeline
+    from .passes.bottleneck import UnreachableBudget
 
     if recipe is not None:
         if recipe not in RECIPES:
@@ -301,9 +302,7 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                                         input_shape=input_shape, tolerance=tolerance, max_error=max_error,
                                         progress=progress, validate=validate, int8_exclude=int8_exclude,
                                         max_accuracy_drop=budget, _accept=holds)
-            except (BudgetNotHeld, UserInputError) as exc:
-                if isinstance(exc, UserInputError) and "cannot be reached" not in str(exc):
-                    raise
+            except (BudgetNotHeld, UnreachableBudget) as exc:
                 refusals.append(f"bottleneck {spec}: {exc}")
                 continue
             except VerificationError as exc:  # int8 alone cannot hold the budget at this step

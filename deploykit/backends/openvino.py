@@ -15,7 +15,9 @@ Thread safety: one compiled model, one infer request per calling thread.
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -46,24 +48,32 @@ def has_native_bf16(core=None) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def _onnx_ops(path: Path) -> frozenset[tuple[str, str]]:
+    """(domain, op type) of every node, read once per version of the file (build and runner both ask)."""
+    stat = path.stat()
+    return _ops_of(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _ops_of(path: str, mtime_ns: int, size: int) -> frozenset[tuple[str, str]]:
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return frozenset((n.domain, n.op_type) for n in graph.node)
+
+
 def _check_readable(path: Path) -> None:
     """OpenVINO reads standard ONNX only: ONNX Runtime's own ops (com.microsoft) are refused with the fix."""
     if path.suffix != ".onnx":
         return
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    foreign = sorted({f"{n.domain}.{n.op_type}" for n in graph.node if n.domain not in ("", "ai.onnx")})
+    foreign = sorted({f"{domain}.{op}" for domain, op in _onnx_ops(path) if domain not in ("", "ai.onnx")})
     if foreign:
         raise UserInputError(f"{path.name} holds ONNX Runtime's own ops ({', '.join(foreign[:3])}), which OpenVINO "
                              "cannot run: optimize it with --target openvino (or --no-fuse) for ov-cpu")
 
 
 def _is_quantized(path: Path) -> bool:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+    return any(op in ("QuantizeLinear", "DequantizeLinear") for _, op in _onnx_ops(path))
 
 
 class OpenVinoBackend(Backend):
@@ -128,9 +138,9 @@ class OpenVinoBackend(Backend):
         bin_out = output.with_suffix(".bin")
         io.check_output_path(bin_out, io.model_files(model))
         with io.atomic_path(bin_out) as tmp:
-            tmp.write_bytes(cached.with_suffix(".bin").read_bytes())
+            shutil.copyfile(cached.with_suffix(".bin"), tmp)
         with io.atomic_path(output) as tmp:  # the .xml last: a reader never sees it without its weights
-            tmp.write_bytes(cached.read_bytes())
+            shutil.copyfile(cached, tmp)
         sidecar = {"backend": self.name, "precision": precision, "options": options.to_dict(),
                    "environment": self.environment(), "key": key}
         with io.atomic_path(Path(str(output) + ".json")) as tmp:
@@ -180,10 +190,8 @@ def _save_ir(ov, model, xml: Path) -> None:
         ov.save_model(model, str(staging / xml.name), compress_to_fp16=False)
         for suffix in (".bin", ".xml"):
             with io.atomic_path(xml.with_suffix(suffix)) as tmp:
-                tmp.write_bytes((staging / xml.name).with_suffix(suffix).read_bytes())
+                shutil.copyfile((staging / xml.name).with_suffix(suffix), tmp)
     finally:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
 
 

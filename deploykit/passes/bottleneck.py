@@ -110,6 +110,14 @@ class _Layer:
         return min(self.max_useful_rank(), max(RANK_FLOOR, math.ceil(self.cin / 16)))
 
 
+class UnreachableBudget(UserInputError):
+    """A macs=/time= budget the dense KxK layers cannot reach; `reachable` is the nearest spec that can be."""
+
+    def __init__(self, message: str, reachable: str):
+        super().__init__(message)
+        self.reachable = reachable
+
+
 class BottleneckPass(GraphPass):
     name = "bottleneck"
     exact = False
@@ -274,11 +282,11 @@ class BottleneckPass(GraphPass):
         others = max(0.0, total - sum(l.t_full for l in timed))
         choice, cost = self._allocate(timed, others, self.value * total, lambda l, r: l.time(r))
         if cost > self.value * total:
-            raise UserInputError(
+            reachable = f"time={min(1.0, math.ceil((cost / total + 0.03) * 100) / 100):g}"
+            raise UnreachableBudget(
                 f"--bottleneck time={self.value:g} cannot be reached: factorising the dense KxK convolutions down to "
                 f"their rank floor leaves {cost / total:.2f} of the measured time ({total * 1e3:.3g} ms at batch 1); "
-                f"ask for time={min(1.0, math.ceil((cost / total + 0.03) * 100) / 100):g} or more (a margin for "
-                "the run-to-run noise of the measured latency)")
+                f"ask for {reachable} or more (a margin for the run-to-run noise of the measured latency)", reachable)
         self.note(f"time budget: {total * 1e3:.3g} ms at batch 1 measured here; the chosen ranks are predicted to "
                   f"take {cost / total:.2f} of it (from the layer timings; the rest of the model as measured)")
         return {k: v for k, v in choice.items() if v is not None}
@@ -353,10 +361,11 @@ class BottleneckPass(GraphPass):
         others = total - sum(l.macs() for l in layers)
         choice, cost = self._allocate(layers, others, target, lambda l, r: l.macs(r))
         if cost > target:
-            raise UserInputError(
+            reachable = f"macs={math.ceil(cost / total * 100) / 100:g}"
+            raise UnreachableBudget(
                 f"--bottleneck macs={self.value:g} cannot be reached: factorising the dense KxK convolutions down to "
                 f"their rank floor (at least {RANK_FLOOR} channels) leaves {cost / total:.2f} of the MACs; ask for "
-                f"macs={math.ceil(cost / total * 100) / 100:g} or more, or name 1x1 layers in --bottleneck-layers")
+                f"{reachable} or more, or name 1x1 layers in --bottleneck-layers", reachable)
         return {k: v for k, v in choice.items() if v is not None}
 
     def _replace(self, layer: _Layer, r: int) -> None:
