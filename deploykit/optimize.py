@@ -255,6 +255,18 @@ def total_drop(report: OptimizeReport) -> float | None:
     return None if last.top1_agreement is None else 100.0 * (1.0 - last.top1_agreement)
 
 
+def _whole_result_within(budget: float):
+    """An accept() for run_pipeline: the whole result's drop against the input stays within `budget` points."""
+    def holds(report):
+        drop = total_drop(report)
+        if drop is not None and drop > budget:
+            return (f"the result costs {drop:.2f} points of "
+                    f"{'accuracy' if report.passes[-1].accuracy_after is not None else 'top-1 agreement'} "
+                    f"against the input, over --max-accuracy-drop {budget:g}; nothing was written")
+        return None
+    return holds
+
+
 def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target="ort", fc_to_conv=False,
                    bottleneck=None, bottleneck_layers=None, fp16=False, fp16_io=False, int8=False,
                    calibration=None, calibration_method=None, ort_layout=False, input_shape=None,
@@ -282,14 +294,7 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                                  "--ort-layout (or run them without the recipe)")
         budget = DEFAULT_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
         tries = (bottleneck,) if bottleneck else FAST_BOTTLENECKS
-
-        def holds(report):
-            drop = total_drop(report)
-            if drop is not None and drop > budget:
-                return (f"the result costs {drop:.2f} points of "
-                        f"{'accuracy' if report.passes[-1].accuracy_after is not None else 'top-1 agreement'} "
-                        f"against the input, over the budget of {budget:g}")
-            return None
+        holds = _whole_result_within(budget)
 
         refusals = []
         for spec in tries:
@@ -303,7 +308,7 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                                         progress=progress, validate=validate, int8_exclude=int8_exclude,
                                         max_accuracy_drop=budget, _accept=holds)
             except (BudgetNotHeld, UnreachableBudget) as exc:
-                refusals.append(f"bottleneck {spec}: {exc}")
+                refusals.append(f"bottleneck {spec}: {str(exc).removesuffix('; nothing was written')}")
                 continue
             except VerificationError as exc:  # int8 alone cannot hold the budget at this step
                 refusals.append(f"bottleneck {spec or 'none'}: {exc}")
@@ -326,8 +331,10 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
         else:
             calibration = load_calibration(calibration, None, first)
     budget_asked = max_accuracy_drop is not None
-    if int8 and validate is not None and max_accuracy_drop is None:
-        max_accuracy_drop = DEFAULT_ACCURACY_DROP  # real data to judge by: int8 holds a budget by default
+    if (int8 or bottleneck) and validate is not None and max_accuracy_drop is None:
+        max_accuracy_drop = DEFAULT_ACCURACY_DROP  # real data to judge by: int8 and bottlenecks hold a budget by default
+    if max_accuracy_drop is not None and _accept is None:
+        _accept = _whole_result_within(max_accuracy_drop)
     passes = build_pipeline(fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv, bottleneck=bottleneck,
                             bottleneck_layers=bottleneck_layers, fp16=fp16, fp16_io=fp16_io, int8=int8,
                             calibration=calibration, calibration_method=calibration_method, ort_layout=ort_layout,

@@ -174,3 +174,57 @@ def accuracy(output: np.ndarray, labels: np.ndarray | None) -> float | None:
     if labels is None or output.ndim != 2 or len(labels) != len(output):
         return None
     return float(np.mean(output.argmax(1) == labels.reshape(-1)))
+
+
+@dataclass
+class AccuracyBudget:
+    """Points of accuracy (labelled data) or of top-1 agreement one pipeline's approximating passes may spend.
+
+    The bottleneck pass and int8 share it: with labels their drops add; without, the union bound (a
+    sample the result misclassifies was flipped by at least one pass) keeps the total within the sum.
+    `asked` is False for the default budget, where a model with no class axis is noted, not refused.
+    """
+
+    total: float
+    asked: bool = True
+    spent: float = 0.0
+
+    @property
+    def left(self) -> float:
+        return self.total - self.spent
+
+
+class AccuracyJudge:
+    """Scores candidate models on a validation set against a reference (float) model.
+
+    The score is accuracy with labels, else top-1 agreement with the reference's outputs, in percent;
+    `drop_of(model)` is the reference's score less the candidate's. `baseline` is None when the first
+    output has no class axis to score (see class_axis).
+    """
+
+    def __init__(self, reference_model, validation: ValidationSet):
+        from .verify import cpu_session
+
+        self.validation = validation
+        self.reference = run_batched(cpu_session(reference_model), validation.feeds)[0]
+        self.what = "accuracy" if validation.labels is not None else "top-1 agreement with the float model"
+        self.baseline = self.score(self.reference)
+
+    def score(self, outputs: np.ndarray) -> float | None:
+        labels = self.validation.labels
+        value = accuracy(outputs, labels) if labels is not None else top1_agreement(self.reference, outputs)
+        return None if value is None else 100.0 * value
+
+    def drop_of(self, model) -> float:
+        from .verify import cpu_session
+
+        return self.baseline - self.score(run_batched(cpu_session(model), self.validation.feeds)[0])
+
+    def measurable(self, budget: AccuracyBudget, flag: str) -> bool:
+        """Whether the budget can be judged; refuses an explicit budget on a model it cannot be judged on."""
+        if self.baseline is not None:
+            return True
+        if budget.asked:
+            raise UserInputError(f"{flag} needs a classifier-like first output (class scores) to measure accuracy "
+                                 "or top-1 agreement on; this model's has no class axis")
+        return False

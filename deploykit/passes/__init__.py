@@ -53,8 +53,14 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
                              "(data-aware ranks): add one of them or drop --calibration")
     if calibration_method is not None and not int8:
         raise UserInputError("--calibration-method only applies with --int8: add --int8 or drop it")
-    if (int8_exclude or max_accuracy_drop is not None) and not int8:
-        raise UserInputError("--int8-exclude and --max-accuracy-drop only apply with --int8: add --int8 or drop them")
+    if int8_exclude and not int8:
+        raise UserInputError("--int8-exclude only applies with --int8: add --int8 or drop it")
+    if max_accuracy_drop is not None and not (int8 or bottleneck):
+        raise UserInputError("--max-accuracy-drop governs --int8 and --bottleneck: add one of them or drop it")
+    from ..validation import AccuracyBudget
+
+    # One budget for the whole pipeline: the bottleneck may spend half of it when int8 follows, int8 what is left.
+    budget = None if max_accuracy_drop is None else AccuracyBudget(max_accuracy_drop, asked=budget_asked)
     calibration_method = calibration_method or "minmax"
     passes: list[GraphPass] = [CleanupPass()]
     if fold:
@@ -66,14 +72,15 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
     if bottleneck:
         from .bottleneck import BottleneckPass
 
-        passes.append(BottleneckPass.from_spec(bottleneck, layers=bottleneck_layers, calibration=calibration))
+        passes.append(BottleneckPass.from_spec(bottleneck, layers=bottleneck_layers, calibration=calibration,
+                                               budget=budget, budget_share=0.5 if int8 else 1.0))
     if int8:
         from .int8 import QuantizeInt8Pass
 
         # OpenVINO runs ONNX Runtime's QDQ layout (uint8 activations) as int8 as well (bench/ENGINES.md).
         passes.append(QuantizeInt8Pass(calibration, target="ort" if target == "openvino" else target,
                                        method=calibration_method, exclude=int8_exclude,
-                                       max_accuracy_drop=max_accuracy_drop, budget_asked=budget_asked))
+                                       budget=budget))
     elif fp16:
         from .fp16 import Float16Pass
 

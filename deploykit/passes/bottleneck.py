@@ -13,6 +13,12 @@ conv split into two thin 1x1 convs runs slower than its MACs say (measured in be
 of the squared singular values), macs=F (the whole model's MACs cut to F of what they were,
 spending rank where it costs the least error) or time=F (its measured batch-1 latency cut to F).
 
+Under an accuracy budget (--max-accuracy-drop with --validate data) the chosen ranks are checked on
+the validation set; where they cost more than the pass's share of the budget every rank is raised
+part of the way to its layer's break-even rank (the point where factorising stops saving MACs), the
+smallest raise that holds found by bisection over RAISE_STEPS steps, about log2(8) + 1 validation
+runs. When only leaving the model as it is would hold, the pass refuses: the budget cannot be met.
+
 Thin convolutions run below the machine's efficiency, so MACs overstate what a cut buys, most of
 all at ranks that are not a multiple of the CPU's channel block (16 with AVX-512, 8 with AVX2),
 which ONNX Runtime's blocked layout packs. The budget modes therefore choose among multiples of the
@@ -40,6 +46,7 @@ from .base import GraphPass
 
 MODES = ("rank", "ratio", "energy", "macs", "time")
 RANK_FLOOR = 8
+RAISE_STEPS = 8  # rank raises tried under an accuracy budget: step k moves every rank k/8 of the way to break-even
 GRID_POINTS = 12  # at most this many ranks timed per layer, between its floor and its break-even rank
 
 
@@ -123,7 +130,7 @@ class BottleneckPass(GraphPass):
     exact = False
 
     def __init__(self, mode: str, value: float, layers: list[str] | None = None, calibration=None,
-                 input_shape=None) -> None:
+                 input_shape=None, budget=None, budget_share: float = 1.0) -> None:
         super().__init__()
         if mode not in MODES:
             raise UserInputError(f"unknown bottleneck mode {mode!r}: use rank=N, ratio=F, energy=F, macs=F or time=F")
@@ -132,9 +139,15 @@ class BottleneckPass(GraphPass):
         # {input name: shape}, or one shape for a single-input model; the pipeline fills it in.
         self.input_shapes = input_shape
         self.chosen: dict[str, dict] = {}
+        # The pipeline's AccuracyBudget (None: no budget) and the share of it this pass may spend; judged on
+        # the pipeline's validation set, filled in by run_pipeline.
+        self.budget, self.budget_share = budget, budget_share
+        self.validation = None
+        self.raised = 0  # the raise step the budget needed (0: the ranks as the spec chose them)
 
     @classmethod
-    def from_spec(cls, spec: str, layers=None, calibration=None) -> "BottleneckPass":
+    def from_spec(cls, spec: str, layers=None, calibration=None, budget=None,
+                  budget_share: float = 1.0) -> "BottleneckPass":
         key, _, raw = spec.partition("=")
         key = key.strip()
         try:
@@ -151,7 +164,7 @@ class BottleneckPass(GraphPass):
             raise UserInputError(f"bad --bottleneck {spec!r}: rank must be a positive integer")
         if key in ("ratio", "energy", "macs", "time") and not 0 < value <= 1:
             raise UserInputError(f"bad --bottleneck {spec!r}: {key} must be in (0, 1]")
-        return cls(key, value, layers, calibration)
+        return cls(key, value, layers, calibration, budget=budget, budget_share=budget_share)
 
     # ------------------------------------------------------------------------------------------
     def rewrite(self, model: ir.Model) -> bool:
@@ -172,6 +185,8 @@ class BottleneckPass(GraphPass):
                 m = m @ layer.whiten
             layer.u, layer.s, layer.vt = np.linalg.svd(m, full_matrices=False)
         ranks = self._choose_ranks(layers, model)
+        if self.budget is not None:
+            ranks = self._hold_budget(model, layers, ranks)
         changed = 0
         for layer in layers:
             r = ranks.get(layer.node.name)
@@ -192,6 +207,74 @@ class BottleneckPass(GraphPass):
             self.note(f"factorised {changed} convolution(s)" + (" on calibration activations"
                                                               if self.calibration is not None else ""))
         return changed > 0
+
+    def _hold_budget(self, model: ir.Model, layers: list[_Layer], ranks: dict[str, int]) -> dict[str, int]:
+        """The chosen ranks, raised as little as holds the budget on the validation set (module docstring)."""
+        from ..errors import VerificationError
+        from ..validation import AccuracyJudge
+
+        if self.validation is None:
+            raise UserInputError("--max-accuracy-drop needs data to judge by: give --validate DATA")
+        source = ir.to_proto(model)
+        judge = AccuracyJudge(source, self.validation)
+        if not judge.measurable(self.budget, "--max-accuracy-drop"):
+            self.note("no accuracy budget: the first output has no class axis to measure top-1 agreement on")
+            return ranks
+        allowance = self.budget.left * self.budget_share
+        by_name = {l.node.name: l for l in layers}
+
+        def raised(step: int) -> dict[str, int]:
+            if step == 0:
+                return dict(ranks)
+            out = {}
+            for name, r in ranks.items():
+                top = by_name[name].break_even_rank()
+                if step < RAISE_STEPS and r < top:
+                    out[name] = math.ceil(r + (top - r) * step / RAISE_STEPS)
+            return out
+
+        def drop_at(step: int) -> float:
+            trial = ir.from_proto(source)
+            nodes = {n.name: n for n in trial.graph}
+            originals = [l.node for l in layers]
+            try:
+                for name, r in raised(step).items():
+                    if by_name[name].macs(r) >= by_name[name].macs():
+                        continue  # left as it is by rewrite() too
+                    by_name[name].node = nodes[name]
+                    self._replace(by_name[name], r)
+                return judge.drop_of(ir.to_proto(trial))
+            finally:
+                for l, node in zip(layers, originals):
+                    l.node = node
+
+        drops = {0: drop_at(0)}
+        if drops[0] > allowance:
+            lo, hi = 1, RAISE_STEPS  # step RAISE_STEPS factorises nothing: it always holds
+            while lo < hi:
+                mid = (lo + hi) // 2
+                drops[mid] = drop_at(mid)
+                if drops[mid] <= allowance:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            if hi == RAISE_STEPS:
+                raise VerificationError(
+                    f"--bottleneck {self.mode}={self.value:g} cannot hold an accuracy drop of {allowance:.2f} point(s) "
+                    f"({judge.what}): even with every rank raised {RAISE_STEPS - 1}/{RAISE_STEPS} of the way to its "
+                    f"break-even it costs {drops.get(RAISE_STEPS - 1, drops[max(drops)]):.2f}; ask for a milder "
+                    "bottleneck or a larger --max-accuracy-drop; nothing was written")
+            self.raised = hi
+        drop = drops[self.raised]
+        self.budget.spent += max(drop, 0.0)
+        share = "" if self.budget_share == 1 else f" ({self.budget_share:.0%} of --max-accuracy-drop {self.budget.total:g})"
+        if self.raised:
+            self.note(f"accuracy budget: the ranks as chosen cost {drops[0]:.2f} points of {judge.what}, over "
+                      f"{allowance:.2f}{share}; raised every rank {self.raised}/{RAISE_STEPS} of the way to its "
+                      f"break-even ({len(drops)} validation run(s)): drop {drop:.2f} points")
+        else:
+            self.note(f"accuracy budget: {judge.what} drops {drop:.2f} points, within {allowance:.2f}{share}")
+        return raised(self.raised)
 
     def _candidates(self, model: ir.Model) -> list[_Layer]:
         from ..inspect import inspect_model

@@ -39,14 +39,19 @@ class QuantizeInt8Pass(RebuildPass):
     exact = False
 
     def __init__(self, calibration, target: str = "ort", method: str = "minmax", input_shape=None,
-                 exclude=(), max_accuracy_drop: float | None = None, budget_asked: bool = True) -> None:
+                 exclude=(), max_accuracy_drop: float | None = None, budget_asked: bool = True,
+                 budget=None) -> None:
         super().__init__()
         # Node names or op types kept in float from the start (--int8-exclude); the budget search adds to them.
         self.exclude = tuple(exclude)
         # Points of accuracy (labelled data) or of top-1 agreement with the float model that int8 may
         # cost; None: no budget. Judged on the pipeline's validation set, which it fills in below.
-        self.max_accuracy_drop = max_accuracy_drop
-        self.budget_asked = budget_asked  # False for the default budget: an unmeasurable model is noted, not refused
+        # A pipeline shares one AccuracyBudget between its approximating passes (the bottleneck spends first).
+        from ..validation import AccuracyBudget
+
+        if budget is None and max_accuracy_drop is not None:
+            budget = AccuracyBudget(max_accuracy_drop, asked=budget_asked)
+        self.budget = budget
         self.validation = None
         self.kept_in_float: list[str] = []
         if calibration is None:
@@ -157,7 +162,7 @@ class QuantizeInt8Pass(RebuildPass):
             quantized = quantize(base)
             if base:
                 self.note(f"kept {len(base)} node(s) in float as asked (--int8-exclude): {', '.join(base)}")
-            if self.max_accuracy_drop is not None:
+            if self.budget is not None:
                 quantized = self._hold_budget(proto, quantized, base, quantize)
             onnx.save_model(quantized, str(dst))
             self.int8_convs = self._count_int8_convs(quantized, dst, Path(tmp))
@@ -181,7 +186,7 @@ class QuantizeInt8Pass(RebuildPass):
         return out
 
     def _hold_budget(self, float_proto, quantized, base: list[str], quantize):
-        """Return the most harmful layers to float until int8 costs at most max_accuracy_drop points.
+        """Return the most harmful layers to float until int8 costs at most what is left of the budget.
 
         Cost stays small on models with hundreds of layers: the ranges are calibrated once (cached), the
         layers are ranked once by the error each adds on a few validation samples (its output's error
@@ -189,37 +194,23 @@ class QuantizeInt8Pass(RebuildPass):
         layers to keep in float is found by bisection: about log2(layers) quantize-and-validate runs.
         """
         from ..errors import VerificationError
-        from ..validation import accuracy, run_batched, top1_agreement
-        from ..verify import cpu_session
+        from ..validation import AccuracyJudge
 
         if self.validation is None:
             raise UserInputError("--max-accuracy-drop needs data to judge by: give --validate DATA")
         feeds = self.validation.feeds
-        labels = self.validation.labels
-        reference = run_batched(cpu_session(float_proto), feeds)[0]
-
-        def score(outputs) -> float | None:
-            """Accuracy with labels, else top-1 agreement with the float model; in percent."""
-            value = accuracy(outputs, labels) if labels is not None else top1_agreement(reference, outputs)
-            return None if value is None else 100.0 * value
-
-        baseline = score(reference)
-        if baseline is None and not self.budget_asked:
+        judge = AccuracyJudge(float_proto, self.validation)
+        if not judge.measurable(self.budget, "--max-accuracy-drop"):
             self.note("no accuracy budget: the first output has no class axis to measure top-1 agreement on "
                       "(give --validate data with labels, or judge the deviation with --max-error)")
             return quantized
-        if baseline is None:
-            raise UserInputError("--max-accuracy-drop needs a classifier-like first output (class scores) to measure "
-                                 "accuracy or top-1 agreement on; this model's has no class axis")
-        what = "accuracy" if labels is not None else "top-1 agreement with the float model"
-
-        def drop_of(model_proto) -> float:
-            return baseline - score(run_batched(cpu_session(model_proto), feeds)[0])
-
+        baseline, what, drop_of = judge.baseline, judge.what, judge.drop_of
+        allowance = self.budget.left
         full_drop = drop_of(quantized)
         self.note(f"accuracy budget: {what} {baseline:.2f}% in float, {baseline - full_drop:.2f}% with every layer "
-                  f"in int8 (drop {full_drop:.2f} points; budget {self.max_accuracy_drop:g}) on {self.validation.source}")
-        if full_drop <= self.max_accuracy_drop:
+                  f"in int8 (drop {full_drop:.2f} points; budget {allowance:g}) on {self.validation.source}")
+        if full_drop <= allowance:
+            self.budget.spent += max(full_drop, 0.0)
             return quantized
         by_error = self._rank_layers(quantized, base, feeds, quantize)
         # A second order: from the output backwards. The local-error ranking misses layers whose own error
@@ -235,7 +226,7 @@ class QuantizeInt8Pass(RebuildPass):
                 k = (lo + hi) // 2
                 candidate = quantize(base + candidate_order[:k])
                 tried += 1
-                if drop_of(candidate) <= self.max_accuracy_drop:
+                if drop_of(candidate) <= allowance:
                     hi, found = k, candidate
                 else:
                     lo = k + 1
@@ -245,13 +236,14 @@ class QuantizeInt8Pass(RebuildPass):
         if best is None:
             candidate = quantize(base + by_error)
             tried += 1
-            if drop_of(candidate) > self.max_accuracy_drop:
+            if drop_of(candidate) > allowance:
                 raise VerificationError(
-                    f"int8 cannot hold --max-accuracy-drop {self.max_accuracy_drop:g}: even with all {len(by_error)} "
+                    f"int8 cannot hold {self._budget_words(allowance)}: even with all {len(by_error)} "
                     f"quantized layers in float, {what} drops by {drop_of(candidate):.2f} points; nothing was written")
             best, hi, ranking = candidate, len(by_error), by_error
         self.kept_in_float = ranking[:hi]
         final_drop = drop_of(best)
+        self.budget.spent += max(final_drop, 0.0)
         self.note(f"kept {hi} of {len(ranking)} layer(s) in float to hold the budget ({tried} trial quantization(s)): "
                   f"{what} {baseline - final_drop:.2f}% (drop {final_drop:.2f} points)")
         if self.kept_in_float:
@@ -259,6 +251,11 @@ class QuantizeInt8Pass(RebuildPass):
             more = len(self.kept_in_float) - len(shown)
             self.note("kept in float, most harmful first: " + ", ".join(shown) + (f" and {more} more" if more else ""))
         return best
+
+    def _budget_words(self, allowance: float) -> str:
+        if abs(allowance - self.budget.total) < 1e-9:
+            return f"--max-accuracy-drop {self.budget.total:g}"
+        return (f"the {allowance:.2f} point(s) the bottleneck left of --max-accuracy-drop {self.budget.total:g}")
 
     @staticmethod
     def _rank_layers(quantized, base: list[str], feeds, quantize) -> list[str]:

@@ -1,0 +1,64 @@
+"""The accuracy budget governs the bottleneck pass: ranks are raised until it holds, or the pass refuses.
+
+Accuracy is measured here with Engine on the digits test split (and agreement on the hand-built
+model), not read from the report.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploykit import Engine, export
+from deploykit.errors import VerificationError
+from deploykit.optimize import optimize_model
+
+BLOCKS = Path(__file__).parents[1] / "models" / "blocks.py"
+
+
+def _digits_accuracy(model) -> float:
+    from deploykit_zoo.digits import load_digits_split
+
+    _, _, x, y = load_digits_split()
+    return 100.0 * float(np.mean(Engine(model)(x.astype(np.float32)).argmax(1) == y))
+
+
+def test_rank_one_is_raised_until_digits_holds_a_point(exported, tmp_path):
+    path, _ = exported("digits")
+    before = _digits_accuracy(path)
+    plain = tmp_path / "plain.onnx"
+    optimize_model(path, plain, bottleneck="rank=1")  # no data to judge by: no budget
+    assert _digits_accuracy(plain) < before - 10  # rank 1 breaks the model: the budget has work to do
+    held = tmp_path / "held.onnx"
+    report = optimize_model(path, held, bottleneck="rank=1", validate="digits", max_accuracy_drop=1.0)
+    bottleneck = next(p for p in report.passes if p.name == "bottleneck")
+    assert any("raised every rank" in n for n in bottleneck.notes)
+    assert bottleneck.macs_after < bottleneck.macs_before  # still a bottleneck, not the model left as it was
+    assert _digits_accuracy(held) >= before - 1.0
+
+
+def test_bottleneck_and_int8_share_one_budget_on_digits(exported, cli, tmp_path):
+    path, _ = exported("digits")
+    before = _digits_accuracy(path)
+    out = tmp_path / "stacked.onnx"
+    # macs=0.3 is below this small model's rank floor (the pass says macs=0.43 is the least it can reach).
+    result = cli("optimize", path, "-o", out, "--bottleneck", "macs=0.45", "--int8", "--calibration", "digits",
+                 "--validate", "digits", "--max-accuracy-drop", "1.0")
+    assert result.code == 0, result.err
+    assert "accuracy budget" in result.out and "of --max-accuracy-drop 1" in result.out
+    assert _digits_accuracy(out) >= before - 1.0
+
+
+def test_a_budget_no_factorisation_can_hold_fails_with_exit_3(cli, tmp_path):
+    path = tmp_path / "convnext.onnx"
+    export(f"{BLOCKS}:convnext_like", path, input_shape=(1, 3, 32, 32))
+    validation = tmp_path / "validation.npy"
+    np.save(validation, np.random.default_rng(0).standard_normal((48, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "out.onnx"
+    # Random weights have flat singular spectra: even near break-even a factorised layer flips predictions.
+    with pytest.raises(VerificationError, match="cannot hold an accuracy drop"):
+        optimize_model(path, out, bottleneck="rank=1", validate=str(validation), max_accuracy_drop=2.0)
+    result = cli("optimize", path, "-o", out, "--bottleneck", "rank=1", "--validate", validation,
+                 "--max-accuracy-drop", "2")
+    assert result.code == 3 and "nothing was written" in result.err and "Traceback" not in result.err
+    assert not out.exists()
