@@ -173,3 +173,67 @@ class Loud(nn.Module):
 
 def loud():
     return Loud()
+
+
+class MBConv(nn.Module):
+    """EfficientNet's block: 1x1 expand, depthwise 3x3, squeeze-excite with SiLU and sigmoid, 1x1 project."""
+
+    def __init__(self, cin, cout, expand, stride):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU())
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+                                       nn.BatchNorm2d(hidden), nn.SiLU())
+        self.se_reduce = nn.Conv2d(hidden, max(4, cin // 4), 1)
+        self.se_expand = nn.Conv2d(max(4, cin // 4), hidden, 1)
+        self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.depthwise(self.expand(x))
+        y = y * torch.sigmoid(self.se_expand(F.silu(self.se_reduce(F.adaptive_avg_pool2d(y, 1)))))
+        y = self.project(y)
+        return x + y if self.use_res else y
+
+
+def efficientnet_like():
+    """An EfficientNet-style net whose depthwise BatchNorms have a few outlier channels, as trained
+    MobileNets and EfficientNets do once BN is folded: per-tensor int8 activations lose the rest."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.SiLU(),
+        MBConv(16, 16, 2, 1), MBConv(16, 24, 4, 2), MBConv(24, 24, 4, 1),
+        nn.Conv2d(24, 64, 1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        for block in net:
+            if isinstance(block, MBConv):
+                bn = block.depthwise[1]
+                bn.weight[0] = 60.0  # one loud channel per block
+    return net.eval()
+
+
+
+def _settle_batchnorm(net: nn.Module, shape=(64, 3, 32, 32)) -> None:
+    """BatchNorm statistics from one pass over N(0, 1) images, as training leaves them (seeded)."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # a cumulative average: one batch sets the statistics
+            m.reset_running_stats()
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(shape, generator=torch.Generator().manual_seed(1)))
+    net.eval()
+
+
+def mobilenet_v3_like():
+    """mobilenet_like (hardswish, ReLU6, hard-sigmoid squeeze-excite) with settled BatchNorms, a normalised
+    head, and the loud channels of a trained MobileNetV3 once BN is folded."""
+    torch.manual_seed(0)
+    body = list(mobilenet_like())
+    net = nn.Sequential(*body[:-1], nn.BatchNorm1d(64), body[-1])
+    _settle_batchnorm(net)
+    with torch.no_grad():
+        for block in net:
+            if isinstance(block, InvertedResidual):
+                block.block[1].weight[0] = 60.0  # the BatchNorm after the 1x1 expansion, before hardswish
+    return net.eval()
