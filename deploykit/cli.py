@@ -174,8 +174,9 @@ def inspect_cmd(model, input_shape, as_json):
               help="data every pass is judged on: what --calibration takes, or an .npz with 'x' (or one array per "
                    "input name) and optional 'y' labels  [default: the calibration data, else random samples]")
 @click.option("--max-accuracy-drop", type=FiniteFloat(min=0, max=100), default=None,
-              help="with --int8: points of accuracy (labelled --validate data) or of top-1 agreement with the float "
-                   "model int8 may cost; layers go back to float, most harmful first, until it holds  "
+              help="with --int8 and/or --bottleneck: points of accuracy (labelled --validate data) or of top-1 "
+                   "agreement with the input model the result may cost; int8 layers go back to float, most harmful "
+                   "first, and bottleneck ranks are raised, until it holds  "
                    "[default: 1.0 when --validate is given, else no budget]")
 @click.option("--int8-exclude", multiple=True,
               help="with --int8: a node name or op type to keep in float (repeatable)")
@@ -360,6 +361,74 @@ def package(model, repo, name, version, max_batch_size, dynamic_batching, prefer
     for t in result.inputs + result.outputs:
         kind_ = "input " if t in result.inputs else "output"
         click.echo(f"  {kind_} {t['name']}: {t['data_type']} dims [{', '.join(map(str, t['dims']))}]")
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--name", default=None, help="model name on the server  [default: the file's stem]")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0: every interface)")
+@click.option("--http-port", type=int, default=8000, show_default=True, help="KServe v2 HTTP/REST port")
+@click.option("--grpc-port", type=int, default=8001, show_default=True, help="KServe v2 gRPC port")
+@click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics port")
+@click.option("--max-batch-size", type=click.IntRange(0), default=None,
+              help="largest batch Triton forms  [default: 8 with a dynamic batch, else 0]")
+@click.option("--dynamic-batching/--no-dynamic-batching", default=True, help="let Triton batch requests together")
+@click.option("--preferred-batch-size", "preferred", multiple=True, type=click.IntRange(1),
+              help="a batch size the dynamic batcher aims for (repeatable)")
+@click.option("--max-queue-delay-us", type=click.IntRange(0), default=0, show_default=True,
+              help="how long a request may wait to be batched, in microseconds")
+@click.option("--instances", type=click.IntRange(1), default=1, show_default=True,
+              help="model instances, each with its own Engine")
+@click.option("--providers", default="cpu", show_default=True,
+              help="the Engine's execution providers (as Engine takes them: cpu, cuda, tensorrt, openvino, auto)")
+@click.option("--threads", type=click.IntRange(1), default=None, help="intra-op threads per instance")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="keep Triton's own log here  [default: a temporary file, kept only when startup fails]")
+@_json_option("the endpoints and model signature, one line, once the server is ready")
+def serve(model, name, host, http_port, grpc_port, metrics_port, max_batch_size, dynamic_batching, preferred,
+          max_queue_delay_us, instances, providers, threads, log_file, as_json):
+    """Serve MODEL on a real Triton Inference Server (PyTriton) until Ctrl-C or SIGTERM."""
+    from .serving import Server
+
+    server = Server(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                    max_batch_size=max_batch_size, dynamic_batching=dynamic_batching, preferred_batch_sizes=preferred,
+                    max_queue_delay_us=max_queue_delay_us, instances=instances, providers=providers, threads=threads,
+                    log_file=log_file)
+    click.echo(f"starting Triton Inference Server for {model} ...", err=True)
+    try:
+        server.start()
+        i = server.info
+        if as_json:
+            from dataclasses import asdict
+
+            click.echo(json.dumps({**asdict(i), "http_url": i.http_url, "grpc_url": i.grpc_url,
+                                   "metrics_url": i.metrics_url}), nl=True)
+            sys.stdout.flush()
+        batching = (f"dynamic batching up to {i.max_batch_size}"
+                    + (f", queue delay {i.max_queue_delay_us} us" if i.max_queue_delay_us else "")
+                    + (f", preferred {i.preferred_batch_sizes}" if i.preferred_batch_sizes else "")
+                    if i.dynamic_batching else
+                    f"batches up to {i.max_batch_size} as sent, no dynamic batching" if i.max_batch_size else
+                    "fixed batch, no batching")
+        say = (lambda text: click.echo(text, err=True)) if as_json else click.echo
+        say(f"serving {i.name} on Triton Inference Server {i.triton_version}: {i.instances} instance(s) of "
+            f"deploykit's Engine ({', '.join(i.providers)}), {batching}")
+        say(f"  inference  {i.http_url}/v2/models/{i.name}/infer  (gRPC {i.grpc_url})")
+        say(f"  ready      {i.http_url}/v2/health/ready")
+        say(f"  metadata   {i.http_url}/v2/models/{i.name}")
+        say(f"  metrics    {i.metrics_url}")
+        sys.stdout.flush()
+        click.echo("Ctrl-C or SIGTERM stops it.", err=True)
+        server.wait()
+        server._own_log = False
+        click.echo(f"error: Triton Inference Server stopped by itself: its log is {server.log_file}", err=True)
+        sys.exit(1)
+    except _Interrupted as exc:
+        server.stop()
+        click.echo(f"stopped by {signal.Signals(exc.signum).name}", err=True)
+    finally:
+        server.stop()
 
 
 @cli.command(name="bench")
