@@ -339,20 +339,24 @@ def build(model, backend, output, fp16, bf16, int8, min_shape, opt_shape, max_sh
 @click.option("--max-queue-delay-us", type=click.IntRange(0), default=None,
               help="how long a request may wait to be batched, in microseconds")
 @click.option("--instances", type=click.IntRange(1), default=1, help="model instances (instance_group count)")
-@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", help="where the instances run")
-@click.option("--backend", type=click.Choice(["onnxruntime"]), default="onnxruntime",
-              help="Triton backend that serves the model")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="where the instances run  [default: gpu for a .plan, else cpu]")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None,
+              help="Triton backend that serves the model  [default: tensorrt for a .plan, openvino for an .xml, "
+                   "else onnxruntime]")
+@click.option("--gpu-accelerator", type=click.Choice(["tensorrt", "tensorrt-fp16"]), default=None,
+              help="with --kind gpu, an ONNX model: run it through ONNX Runtime's TensorRT provider")
 @click.option("--force", is_flag=True, help="replace an existing entry of the same name")
 @_json_option()
 def package(model, repo, name, version, max_batch_size, dynamic_batching, preferred, max_queue_delay_us, instances,
-            kind, backend, force, as_json):
+            kind, backend, gpu_accelerator, force, as_json):
     """Write MODEL as a Triton Inference Server model-repository entry (config.pbtxt + versioned model)."""
     from .serving import package_triton
 
     result = package_triton(model, repo, name=name, version=version, max_batch_size=max_batch_size,
                             dynamic_batching=dynamic_batching, preferred_batch_sizes=tuple(preferred),
                             max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind, backend=backend,
-                            force=force)
+                            gpu_accelerator=gpu_accelerator, force=force)
     if as_json:
         _echo_json(result.to_dict())
         return

@@ -126,7 +126,8 @@ class TrtBackend(Backend):
             with atomic_path(timing_file) as tmp:
                 tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
             sidecar_path(cached).write_text(json.dumps(
-                {**env, "precision": options.precision, "profiles": profiles, "key": key}, indent=2) + "\n")
+                {**env, "precision": options.precision, "profiles": profiles, "key": key,
+                 "signature": _recorded_signature(model)}, indent=2) + "\n")
         with atomic_path(output) as tmp:
             tmp.write_bytes(cached.read_bytes())
         with atomic_path(sidecar_path(output)) as tmp:
@@ -136,6 +137,16 @@ class TrtBackend(Backend):
 
     def runner(self, artefact: Path, options: BuildOptions | None = None, threads: int | None = None) -> Runner:
         return TrtRunner(artefact)
+
+
+def _recorded_signature(model: Path) -> dict:
+    """The ONNX model's inputs and outputs as Triton names them: `package --triton` reads a plan's from here."""
+    from .. import io
+    from ..serving.triton import signature_tensors
+
+    inputs, outputs = signature_tensors(io.load_model(model, load_weights=False))
+    as_dicts = lambda tensors: [{"name": n, "data_type": t, "dims": d} for n, t, d in tensors]  # noqa: E731
+    return {"inputs": as_dicts(inputs), "outputs": as_dicts(outputs)}
 
 
 def _profile(name: str, first: bool, options: BuildOptions, model: Path):

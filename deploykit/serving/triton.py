@@ -1,7 +1,15 @@
 """`deploykit package MODEL --triton REPO`: one Triton model-repository entry, written atomically.
 
-The entry is REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.onnx (with its external data file,
-if it has one). Inputs and outputs come from the model's signature: Triton's data type for each,
+The entry is REPO/NAME/config.pbtxt and REPO/NAME/VERSION/ holding the model under the file name
+Triton's backend looks for:
+- onnxruntime (`platform: "onnxruntime_onnx"`): model.onnx, with its external data file if any;
+  on a GPU node, `--gpu-accelerator tensorrt` asks ONNX Runtime's TensorRT provider to run it;
+- openvino (`backend: "openvino"`, CPU only): model.xml + model.bin, converted from the ONNX model
+  or copied from a deploykit ov-cpu artefact (.xml);
+- tensorrt (`platform: "tensorrt_plan"`, GPU only): model.plan, from a deploykit `build --backend
+  trt` artefact, whose sidecar records the signature of the ONNX model it was built from (a plan's
+  own description needs TensorRT, and a GPU, to read).
+Inputs and outputs come from the model's signature: Triton's data type for each,
 and its dims with -1 for every dynamic dimension. When the first dimension of every input and
 output is a dynamic batch, `max_batch_size` is set (default 8) and the batch dimension is left out
 of `dims`, as Triton's schema wants; a model with a fixed batch gets `max_batch_size: 0` and its full
@@ -15,6 +23,7 @@ poll the repository) never sees half an entry; an existing entry of that name is
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -28,7 +37,12 @@ from ..errors import UserInputError
 TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
                 7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
                 13: "TYPE_UINT64", 16: "TYPE_BF16"}
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx"}
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino", "tensorrt": "tensorrt_plan"}
+# OpenVINO's element type names -> Triton's.
+OV_TYPES = {"f32": "TYPE_FP32", "f16": "TYPE_FP16", "bf16": "TYPE_BF16", "f64": "TYPE_FP64", "i8": "TYPE_INT8",
+            "i16": "TYPE_INT16", "i32": "TYPE_INT32", "i64": "TYPE_INT64", "u8": "TYPE_UINT8", "u16": "TYPE_UINT16",
+            "u32": "TYPE_UINT32", "u64": "TYPE_UINT64", "boolean": "TYPE_BOOL"}
+MODEL_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml", "tensorrt": "model.plan"}
 DEFAULT_MAX_BATCH = 8
 
 
@@ -50,24 +64,33 @@ class PackageResult:
 
 def package_triton(model, repo, *, name: str | None = None, version: int = 1, max_batch_size: int | None = None,
                    dynamic_batching: bool = True, preferred_batch_sizes=(), max_queue_delay_us: int | None = None,
-                   instances: int = 1, kind: str = "cpu", backend: str = "onnxruntime",
-                   force: bool = False) -> PackageResult:
-    """Write REPO/NAME (see the module docstring) for the ONNX model at `model`."""
-    from ..signature import read_signature
-
+                   instances: int = 1, kind: str | None = None, backend: str | None = None,
+                   gpu_accelerator: str | None = None, force: bool = False) -> PackageResult:
+    """Write REPO/NAME (see the module docstring) for the model at `model` (.onnx, ov-cpu .xml, trt .plan)."""
     source = Path(model)
-    if source.suffix == ".plan":
-        raise UserInputError("packaging a TensorRT .plan needs the plan's input/output description, which only "
-                             "TensorRT can read; package the ONNX model with --backend onnxruntime (Triton's "
-                             "TensorRT accelerator can build the engine on the GPU node)")
+    if not source.is_file():
+        raise UserInputError(f"{source} does not exist: give an ONNX model or a deploykit artefact (.xml, .plan)")
+    implied = {".plan": "tensorrt", ".xml": "openvino"}.get(source.suffix.lower(), "onnxruntime")
+    backend = backend or implied
     if backend not in PLATFORMS:
-        raise UserInputError(f"--backend {backend!r} cannot be packaged yet: choose {', '.join(PLATFORMS)}")
+        raise UserInputError(f"--backend {backend!r} cannot be packaged: choose {', '.join(PLATFORMS)}")
+    if implied != "onnxruntime" and backend != implied:
+        raise UserInputError(f"{source.name} is a {implied} artefact: package it with --backend {implied}, or "
+                             "package the ONNX model it was built from")
+    kind = kind or ("gpu" if backend == "tensorrt" else "cpu")
     if kind not in ("cpu", "gpu"):
         raise UserInputError(f"--kind must be cpu or gpu, not {kind!r}")
+    if backend == "tensorrt" and kind != "gpu":
+        raise UserInputError("a TensorRT plan runs on a GPU only: use --kind gpu")
+    if backend == "openvino" and kind != "cpu":
+        raise UserInputError("Triton's OpenVINO backend runs on the CPU only: use --kind cpu")
+    if gpu_accelerator is not None and (backend != "onnxruntime" or kind != "gpu"):
+        raise UserInputError("--gpu-accelerator is for ONNX models on a GPU: add --kind gpu and --backend onnxruntime")
+    if gpu_accelerator not in (None, "tensorrt", "tensorrt-fp16"):
+        raise UserInputError(f"--gpu-accelerator {gpu_accelerator!r}: choose tensorrt or tensorrt-fp16")
     if version < 1 or instances < 1:
         raise UserInputError("--version and --instances must be positive integers")
-    proto = io.load_model(source, load_weights=False)
-    signature = read_signature(proto)
+    tensors_in, tensors_out = _signature(source, backend)
     name = name or source.stem
     if not name or name.startswith(".") or "/" in name or name != name.strip():
         raise UserInputError(f"bad model name {name!r}: give --name with letters, digits, '-' or '_'")
@@ -79,11 +102,11 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
     if entry.exists() and not force:
         raise UserInputError(f"{entry} already exists (another model's entry?): choose another --name, or --force "
                              "to replace it")
-    for f in io.model_files(source):
+    for f in _source_files(source, backend):
         if entry in f.resolve().parents or f.resolve() == entry.resolve():
             raise UserInputError(f"the model {source} lives inside {entry}: package it to another repository or name")
 
-    batched = all(spec.dims and not isinstance(spec.dims[0], int) for spec in signature.inputs + signature.outputs)
+    batched = all(dims and dims[0] is None for _, _, dims in tensors_in + tensors_out)
     if max_batch_size is None:
         max_batch_size = DEFAULT_MAX_BATCH if batched else 0
     if max_batch_size > 0 and not batched:
@@ -99,25 +122,18 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
         raise UserInputError(f"preferred batch sizes must lie in 1..{max_batch_size} (--max-batch-size)")
 
     def tensors(specs):
-        out = []
-        for spec in specs:
-            if spec.elem_type not in TRITON_TYPES:
-                raise UserInputError(f"tensor {spec.name!r} has an element type Triton does not know")
-            if spec.dims is None:
-                raise UserInputError(f"tensor {spec.name!r} has no known rank: Triton needs one")
-            dims = [d if isinstance(d, int) else -1 for d in spec.dims]
-            out.append({"name": spec.name, "data_type": TRITON_TYPES[spec.elem_type],
-                        "dims": dims[1:] if max_batch_size > 0 else dims})
-        return out
+        dims_of = (lambda d: d[1:]) if max_batch_size > 0 else (lambda d: d)
+        return [{"name": n, "data_type": t, "dims": [-1 if d is None else d for d in dims_of(dims)]}
+                for n, t, dims in specs]
 
-    inputs, outputs = tensors(signature.inputs), tensors(signature.outputs)
-    text = _config_text(name, PLATFORMS[backend], max_batch_size, inputs, outputs,
+    inputs, outputs = tensors(tensors_in), tensors(tensors_out)
+    text = _config_text(name, backend, max_batch_size, inputs, outputs,
                         dynamic_batching and max_batch_size > 0, preferred_batch_sizes, max_queue_delay_us,
-                        instances, kind)
+                        instances, kind, gpu_accelerator)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))
     try:
         (staging / str(version)).mkdir()
-        io.copy_model(source, staging / str(version) / "model.onnx")
+        _write_model(source, backend, staging / str(version) / MODEL_FILES[backend])
         (staging / "config.pbtxt").write_text(text)
         os.chmod(staging, 0o777 & ~_umask())
         if entry.exists():
@@ -129,8 +145,96 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
             os.replace(staging, entry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return PackageResult(entry, entry / "config.pbtxt", entry / str(version) / "model.onnx", PLATFORMS[backend],
-                         max_batch_size, inputs, outputs)
+    return PackageResult(entry, entry / "config.pbtxt", entry / str(version) / MODEL_FILES[backend],
+                         PLATFORMS[backend], max_batch_size, inputs, outputs)
+
+
+Tensor = tuple  # (name, Triton data type, dims with None for a dynamic dimension)
+
+
+def _signature(source: Path, backend: str) -> tuple[list[Tensor], list[Tensor]]:
+    """The model's inputs and outputs, read from the file itself (ONNX, IR) or a plan's sidecar."""
+    if source.suffix.lower() == ".plan":
+        from ..backends.trt import sidecar_path
+
+        side = sidecar_path(source)
+        recorded = json.loads(side.read_text()).get("signature") if side.is_file() else None
+        if not recorded:
+            raise UserInputError(f"{source.name} has no recorded signature ({side.name}): rebuild it with "
+                                 "'deploykit build --backend trt', or package the ONNX model it was built from")
+        return ([(t["name"], t["data_type"], t["dims"]) for t in recorded["inputs"]],
+                [(t["name"], t["data_type"], t["dims"]) for t in recorded["outputs"]])
+    if source.suffix.lower() == ".xml":
+        from ..backends.openvino import import_openvino
+
+        ov = import_openvino()
+        try:
+            read = ov.Core().read_model(str(source))
+        except Exception as exc:
+            raise UserInputError(f"OpenVINO cannot read {source.name}: {str(exc).splitlines()[0]}") from None
+
+        def ports(items):
+            out = []
+            for port in items:
+                type_name = port.get_element_type().get_type_name()
+                if type_name not in OV_TYPES:
+                    raise UserInputError(f"tensor {port.get_any_name()!r} has element type {type_name}, which "
+                                         "Triton does not know")
+                shape = port.get_partial_shape()
+                if shape.rank.is_dynamic:
+                    raise UserInputError(f"tensor {port.get_any_name()!r} has no known rank: Triton needs one")
+                out.append((port.get_any_name(), OV_TYPES[type_name],
+                            [d.get_length() if d.is_static else None for d in shape]))
+            return out
+
+        return ports(read.inputs), ports(read.outputs)
+    return signature_tensors(io.load_model(source, load_weights=False))
+
+
+def signature_tensors(proto) -> tuple[list[Tensor], list[Tensor]]:
+    """An ONNX model's inputs and outputs as Triton sees them (also what a trt plan's sidecar records)."""
+    from ..signature import read_signature
+
+    signature = read_signature(proto)
+
+    def convert(specs):
+        out = []
+        for spec in specs:
+            if spec.elem_type not in TRITON_TYPES:
+                raise UserInputError(f"tensor {spec.name!r} has an element type Triton does not know")
+            if spec.dims is None:
+                raise UserInputError(f"tensor {spec.name!r} has no known rank: Triton needs one")
+            out.append((spec.name, TRITON_TYPES[spec.elem_type], [d if isinstance(d, int) else None for d in spec.dims]))
+        return out
+
+    return convert(signature.inputs), convert(signature.outputs)
+
+
+def _source_files(source: Path, backend: str) -> list[Path]:
+    if source.suffix.lower() == ".xml":
+        return [source, source.with_suffix(".bin")]
+    if source.suffix.lower() == ".plan":
+        return [source]
+    return io.model_files(source)
+
+
+def _write_model(source: Path, backend: str, target: Path) -> None:
+    if backend == "onnxruntime":
+        io.copy_model(source, target)
+    elif backend == "tensorrt":
+        shutil.copyfile(source, target)
+    elif source.suffix.lower() == ".xml":
+        shutil.copyfile(source.with_suffix(".bin"), target.with_suffix(".bin"))
+        shutil.copyfile(source, target)
+    else:  # ONNX for Triton's OpenVINO backend: converted to IR, weights kept in their own precision
+        from ..backends.openvino import import_openvino
+
+        ov = import_openvino()
+        try:
+            converted = ov.Core().read_model(str(source))
+        except Exception as exc:
+            raise UserInputError(f"OpenVINO cannot read {source.name}: {str(exc).splitlines()[0]}") from None
+        ov.save_model(converted, str(target), compress_to_fp16=False)
 
 
 def _umask() -> int:
@@ -139,8 +243,8 @@ def _umask() -> int:
     return mask
 
 
-def _config_text(name, platform, max_batch_size, inputs, outputs, dynamic, preferred, delay_us, instances,
-                 kind) -> str:
+def _config_text(name, backend, max_batch_size, inputs, outputs, dynamic, preferred, delay_us, instances,
+                 kind, gpu_accelerator=None) -> str:
     """config.pbtxt in protobuf text format (Triton's ModelConfig); the tests parse it with Triton's own schema."""
     def tensor_block(key, items):
         lines = [f"{key} ["]
@@ -149,7 +253,9 @@ def _config_text(name, platform, max_batch_size, inputs, outputs, dynamic, prefe
                       f"    dims: [ {', '.join(map(str, t['dims']))} ]", "  }" + ("," if i < len(items) - 1 else "")]
         return lines + ["]"]
 
-    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}"]
+    # Triton names the OpenVINO backend by `backend`; ONNX Runtime and TensorRT models by `platform`.
+    kind_line = f'backend: "openvino"' if backend == "openvino" else f'platform: "{PLATFORMS[backend]}"'
+    lines = [f'name: "{name}"', kind_line, f"max_batch_size: {max_batch_size}"]
     lines += tensor_block("input", inputs) + tensor_block("output", outputs)
     if dynamic:
         lines.append("dynamic_batching {")
@@ -159,4 +265,10 @@ def _config_text(name, platform, max_batch_size, inputs, outputs, dynamic, prefe
             lines.append(f"  max_queue_delay_microseconds: {int(delay_us)}")
         lines.append("}")
     lines += ["instance_group [", "  {", f"    count: {instances}", f"    kind: KIND_{kind.upper()}", "  }", "]"]
+    if gpu_accelerator:
+        # ONNX Runtime's TensorRT provider on the GPU node; it builds the engine there, at load.
+        precision = "FP16" if gpu_accelerator.endswith("fp16") else "FP32"
+        lines += ["optimization {", "  execution_accelerators {", "    gpu_execution_accelerator : [", "      {",
+                  '        name : "tensorrt"', f'        parameters {{ key: "precision_mode" value: "{precision}" }}',
+                  "      }", "    ]", "  }", "}"]
     return "\n".join(lines) + "\n"

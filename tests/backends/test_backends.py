@@ -105,6 +105,16 @@ def test_trt_plan_round_trip(exported, tmp_path, monkeypatch):
     assert not result.cached and again.cached
     x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
     np.testing.assert_allclose(Engine(tmp_path / "r18.plan")(x), Engine(path)(x), rtol=1e-2, atol=1e-2)
+    # The sidecar records the signature `package --triton` writes a tensorrt_plan entry from.
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from deploykit.serving import package_triton
+
+    entry = package_triton(tmp_path / "r18.plan", tmp_path / "repo")
+    config = text_format.Parse(entry.config.read_text(), model_config_pb2.ModelConfig())
+    assert config.platform == "tensorrt_plan" and list(config.input[0].dims) == [3, 64, 64]
+    assert entry.model_file.read_bytes() == (tmp_path / "r18.plan").read_bytes()
 
 
 @pytest.mark.skipif(not HAS_TRT_EP, reason="needs onnxruntime-gpu with TensorRT and a CUDA GPU (not on this machine)")

@@ -87,3 +87,67 @@ def test_external_data_travels_with_the_entry(cli, exported, tmp_path):
     assert (repo / "ext" / "1" / "model.onnx.data").exists()
     x = np.random.default_rng(1).random((2, 1, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(Engine(repo / "ext" / "1" / "model.onnx")(x), Engine(path)(x), rtol=1e-6)
+
+
+def test_openvino_entry_from_onnx_and_from_an_ov_cpu_artefact(cli, exported, tmp_path):
+    path, _ = exported("digits")
+    repo = tmp_path / "repo"
+    result = cli("package", path, "--triton", repo, "--name", "ov", "--backend", "openvino")
+    assert result.code == 0, result.err
+    config = _config(repo / "ov" / "config.pbtxt")
+    assert config.backend == "openvino" and not config.platform and config.max_batch_size == 8
+    assert list(config.input[0].dims) == [1, 8, 8] and list(config.output[0].dims) == [10]
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    x = np.random.default_rng(2).random((3, 1, 8, 8), dtype=np.float32)
+    reference = Engine(path)(x)
+    np.testing.assert_allclose(Engine(repo / "ov" / "1" / "model.xml")(x), reference, rtol=1e-4, atol=1e-5)
+
+    built = tmp_path / "digits.xml"
+    assert cli("build", path, "--backend", "ov-cpu", "-o", built).code == 0
+    result = cli("package", built, "--triton", repo, "--name", "ov_built")
+    assert result.code == 0, result.err  # .xml implies the openvino backend
+    config = _config(repo / "ov_built" / "config.pbtxt")
+    assert config.backend == "openvino" and [i.name for i in config.input] == ["input"]
+    assert list(config.input[0].dims) == [1, 8, 8]
+    assert (repo / "ov_built" / "1" / "model.bin").read_bytes() == built.with_suffix(".bin").read_bytes()
+    refused = cli("package", path, "--triton", repo, "--name", "ov_gpu", "--backend", "openvino", "--kind", "gpu")
+    assert refused.code == 2 and "CPU only" in refused.err and not (repo / "ov_gpu").exists()
+
+
+def test_gpu_entry_with_the_tensorrt_accelerator_is_valid_for_triton(cli, exported, tmp_path):
+    path, _ = exported("digits")
+    repo = tmp_path / "repo"
+    result = cli("package", path, "--triton", repo, "--kind", "gpu", "--gpu-accelerator", "tensorrt-fp16")
+    assert result.code == 0, result.err
+    config = _config(repo / path.stem / "config.pbtxt")
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    refused = cli("package", path, "--triton", tmp_path / "other", "--gpu-accelerator", "tensorrt")
+    assert refused.code == 2 and "--kind gpu" in refused.err
+
+
+def test_tensorrt_plan_entry_takes_its_signature_from_the_build_sidecar(cli, exported, tmp_path):
+    """package never reads a plan's bytes (Triton does, on the GPU node): its config comes from the sidecar
+    `build --backend trt` writes. Building a real plan needs a GPU (tests/backends: skipped here), so the
+    sidecar's signature is recorded by the same function the build uses, beside placeholder plan bytes."""
+    import json
+
+    from deploykit.backends.trt import _recorded_signature, sidecar_path
+
+    path, _ = exported("digits")
+    plan = tmp_path / "digits.plan"
+    plan.write_bytes(b"placeholder: package copies a plan, it never parses one")
+    repo = tmp_path / "repo"
+    refused = cli("package", plan, "--triton", repo)
+    assert refused.code == 2 and "no recorded signature" in refused.err and not repo.exists()
+    sidecar_path(plan).write_text(json.dumps({"signature": _recorded_signature(path)}))
+    result = cli("package", plan, "--triton", repo, "--max-batch-size", "16")
+    assert result.code == 0, result.err
+    config = _config(repo / "digits" / "config.pbtxt")
+    assert config.platform == "tensorrt_plan" and config.max_batch_size == 16
+    assert list(config.input[0].dims) == [1, 8, 8] and list(config.output[0].dims) == [10]
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert (repo / "digits" / "1" / "model.plan").read_bytes() == plan.read_bytes()
+    refused = cli("package", plan, "--triton", repo, "--name", "cpu_plan", "--kind", "cpu")
+    assert refused.code == 2 and "GPU only" in refused.err
