@@ -211,8 +211,10 @@ class QuantizeInt8Pass(RebuildPass):
         baseline, what, drop_of = judge.baseline, judge.what, judge.drop_of
         allowance = self.budget.left
         full_drop = drop_of(quantized)
+        budget_text = (f"budget {allowance:g}" if abs(allowance - self.budget.total) < 1e-9 else
+                       f"{allowance:.2f} left of budget {self.budget.total:g} after the bottleneck")
         self.note(f"accuracy budget: {what} {baseline:.2f}% in float, {baseline - full_drop:.2f}% with every layer "
-                  f"in int8 (drop {full_drop:.2f} points; budget {allowance:g}) on {self.validation.source}")
+                  f"in int8 (drop {full_drop:.2f} points; {budget_text}) on {self.validation.source}")
         if full_drop <= allowance:
             self.budget.spent += max(full_drop, 0.0)
             return quantized
