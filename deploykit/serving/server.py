@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, DeploykitError, UserInputError
+from .triton import resolve_max_batch
 
-DEFAULT_MAX_BATCH = 8
 EXIT_TIMEOUT_S = 5
 RESTRICTED_ENDPOINTS = ("model-repository", "shared-memory", "trace", "logging")  # how long Triton waits for in-flight requests when told to stop
 
@@ -101,6 +101,17 @@ def _check_ports_free(host: str, ports: dict[str, int]) -> None:
                                      f"with --{what}-port") from None
 
 
+def _quiet_session_options():
+    """ONNX Runtime without spin-waiting workers: the served process shares its cores with Triton, its Python
+    backend and the clients' requests, and a spinning worker burns the time they need."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def _numpy_dtype(elem_type: int):
     import onnx
 
@@ -136,20 +147,13 @@ class Server:
         _check_ports_free(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
         signature = read_signature(io.load_model(source, load_weights=False))
         batched = all(s.dims and not isinstance(s.dims[0], int) for s in signature.inputs + signature.outputs)
-        if max_batch_size is None:
-            max_batch_size = DEFAULT_MAX_BATCH if batched else 0
-        if max_batch_size > 0 and not batched:
-            raise UserInputError("the model has a fixed batch dimension: Triton can only batch a model whose first "
-                                 "dimension is dynamic on every input and output; use --max-batch-size 0 or re-export "
-                                 "with a dynamic batch")
-        if max_batch_size < 0:
-            raise UserInputError("--max-batch-size must be 0 or more")
         preferred = sorted({int(b) for b in preferred_batch_sizes})
-        if any(b < 1 or b > max_batch_size for b in preferred):
-            raise UserInputError(f"preferred batch sizes must lie in 1..{max_batch_size} (--max-batch-size)")
+        max_batch_size = resolve_max_batch(batched, max_batch_size, preferred)
         dynamic = dynamic_batching and max_batch_size > 0
         # Engines first: a model that does not load fails here, with deploykit's own message, before Triton starts.
-        self._engines = [Engine(source, providers=providers, intra_op_threads=threads) for _ in range(instances)]
+        self._engines = [Engine(source, providers=providers, intra_op_threads=threads,
+                                session_options=_quiet_session_options() if source.suffix == ".onnx" else None)
+                         for _ in range(instances)]
         self._signature, self._source = signature, source
         self._triton = None
         # Triton's own log goes to a file, not the terminal: a temporary one unless asked, kept when startup fails.

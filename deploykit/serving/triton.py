@@ -107,19 +107,10 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
             raise UserInputError(f"the model {source} lives inside {entry}: package it to another repository or name")
 
     batched = all(dims and dims[0] is None for _, _, dims in tensors_in + tensors_out)
-    if max_batch_size is None:
-        max_batch_size = DEFAULT_MAX_BATCH if batched else 0
-    if max_batch_size > 0 and not batched:
-        raise UserInputError("the model has a fixed batch dimension: Triton can only batch a model whose first "
-                             "dimension is dynamic on every input and output; use --max-batch-size 0 or re-export "
-                             "with --dynamic-batch")
-    if max_batch_size < 0:
-        raise UserInputError("--max-batch-size must be 0 or more")
+    max_batch_size = resolve_max_batch(batched, max_batch_size, preferred_batch_sizes)
     if (preferred_batch_sizes or max_queue_delay_us) and not (dynamic_batching and max_batch_size > 0):
         raise UserInputError("--preferred-batch-size and --max-queue-delay-us need dynamic batching and "
                              "--max-batch-size above 0")
-    if any(b < 1 or b > max_batch_size for b in preferred_batch_sizes):
-        raise UserInputError(f"preferred batch sizes must lie in 1..{max_batch_size} (--max-batch-size)")
 
     def tensors(specs):
         dims_of = (lambda d: d[1:]) if max_batch_size > 0 else (lambda d: d)
@@ -147,6 +138,22 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
         shutil.rmtree(staging, ignore_errors=True)
     return PackageResult(entry, entry / "config.pbtxt", entry / str(version) / MODEL_FILES[backend],
                          PLATFORMS[backend], max_batch_size, inputs, outputs)
+
+
+def resolve_max_batch(batched: bool, max_batch_size: int | None, preferred_batch_sizes=()) -> int:
+    """Triton's max_batch_size: DEFAULT_MAX_BATCH (or as asked) when every input and output has a dynamic
+    first dimension, else 0; a batch Triton cannot form, or preferred sizes beyond it, are refused."""
+    if max_batch_size is None:
+        max_batch_size = DEFAULT_MAX_BATCH if batched else 0
+    if max_batch_size > 0 and not batched:
+        raise UserInputError("the model has a fixed batch dimension: Triton can only batch a model whose first "
+                             "dimension is dynamic on every input and output; use --max-batch-size 0 or re-export "
+                             "with --dynamic-batch")
+    if max_batch_size < 0:
+        raise UserInputError("--max-batch-size must be 0 or more")
+    if any(b < 1 or b > max_batch_size for b in preferred_batch_sizes):
+        raise UserInputError(f"preferred batch sizes must lie in 1..{max_batch_size} (--max-batch-size)")
+    return max_batch_size
 
 
 Tensor = tuple  # (name, Triton data type, dims with None for a dynamic dimension)
