@@ -225,9 +225,8 @@ class Server:
         if self.info.max_batch_size > 0:
             return batch(infer)  # Triton's batch (requests stacked along axis 0) in, split back per request
 
-        def unbatched(requests):
-            return [infer(**request.data) if hasattr(request, "data") else infer(**dict(request))
-                    for request in requests]
+        def unbatched(requests):  # a fixed-batch model: each request carries the model's whole shapes
+            return [infer(**request.data) for request in requests]
 
         return unbatched
 

@@ -231,6 +231,31 @@ def test_two_input_model_served_and_sigint_leaves_nothing_behind(tmp_path):
     assert all(_port_free(p) for p in (server.http_port, server.grpc_port, server.metrics_port))
 
 
+def test_a_fixed_batch_model_is_served_unbatched(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "fixed",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    server = Served(path, "--json")
+    try:
+        import json
+
+        assert json.loads(server.banner[0])["max_batch_size"] == 0
+        x = np.random.default_rng(4).standard_normal((2, 4)).astype(np.float32)
+        got = server.http.infer("fixed", [_http_input("x", x)]).as_numpy("y")
+        np.testing.assert_array_equal(got, Engine(path)(x))
+        with pytest.raises(InferenceServerException) as info:  # a batch of three is not this model's shape
+            server.http.infer("fixed", [_http_input("x", np.zeros((3, 4), np.float32))])
+        assert info.value.status() == "400"
+    finally:
+        code, _, err = server.stop()
+    assert code == 0, err
+
+
 def test_startup_failures_are_one_line(exported, cli, tmp_path):
     path, _ = exported("digits")
     with socket.socket() as taken:
