@@ -152,3 +152,18 @@ def test_recipe_fast_holds_the_budget_on_the_classifier(samples, tmp_path):
     # it flipped one of six (README, "What deploykit still cannot take"); measured, not asserted equal.
     flipped = int(np.sum(Engine(out, providers="openvino")(x).argmax(1) != reference))
     print(f"recipe fast, PP-OCR classifier in OpenVINO: {flipped} of {len(x)} strips flipped")
+
+
+def test_histogram_calibration_runs_on_the_detector_and_json_stays_clean(samples, cli, tmp_path):
+    """The detector's Paddle export has Constant nodes ORT's histogram calibrators used to fail on
+    ('zero-size array to reduction operation'); they also print progress, which must stay off --json's stdout."""
+    import json
+
+    _, files = samples
+    out = tmp_path / "det_percentile.onnx"
+    result = cli("optimize", DET, "-o", out, "--int8", "--calibration", files["det"], "--calibration-method",
+                 "percentile", "--input-shape", ",".join(map(str, SHAPES["det"])), "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)  # stdout is the JSON document alone
+    int8 = report["passes"][-1]
+    assert int8["name"] == "int8" and any("percentile" in n for n in int8["notes"])

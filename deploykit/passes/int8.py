@@ -15,7 +15,9 @@ DequantizeLinear on both data and weight.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -138,6 +140,7 @@ class QuantizeInt8Pass(RebuildPass):
                     node.name = next(f"{node.op_type}_{i}{s}" for s in ("", "_", "__", "___") if
                                      f"{node.op_type}_{i}{s}" not in taken)
                     taken.add(node.name)
+            _lift_constants(proto)
             onnx.save_model(proto, str(src), save_as_external_data=proto.ByteSize() > 2**31 - 1)
             cache = Path(tmp) / "ranges.json"
 
@@ -146,16 +149,18 @@ class QuantizeInt8Pass(RebuildPass):
                 root = logging.getLogger()
                 level = root.level
                 root.setLevel(logging.ERROR)  # the quantizer logs advice we follow already (shapes are inferred)
+                # The histogram calibrators print progress to stdout, which belongs to --json's document.
                 try:
-                    quantize_static(
-                        str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8 if ort_target else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=list(excluded),
-                        calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
-                        calibration_cache_path=str(cache),
-                        extra_options={"ActivationSymmetric": not ort_target, "WeightSymmetric": True,
-                                       "CalibStridedMinMax": stride},
-                    )
+                    with contextlib.redirect_stdout(sys.stderr):
+                        quantize_static(
+                            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8 if ort_target else QuantType.QInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=list(excluded),
+                            calibrate_method=getattr(CalibrationMethod, METHODS[self.method]),
+                            calibration_cache_path=str(cache),
+                            extra_options={"ActivationSymmetric": not ort_target, "WeightSymmetric": True,
+                                           "CalibStridedMinMax": stride},
+                        )
                 finally:
                     root.setLevel(level)
                 return onnx.load(str(dst))
@@ -347,3 +352,22 @@ class QuantizeInt8Pass(RebuildPass):
         return sum(1 for n in ran.graph.node if n.op_type in ("QLinearConv", "NhwcQLinearConv"))
 
 
+def _lift_constants(proto) -> None:
+    """Top-level Constant nodes become initializers, which the calibrators leave alone. ONNX Runtime's
+    histogram calibrators (entropy, percentile) otherwise collect every Constant's output and fail on an
+    empty one, such as the `roi` of a Paddle-exported Resize ('zero-size array to reduction operation')."""
+    import onnx
+
+    kept = []
+    for node in proto.graph.node:
+        if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1
+                and node.attribute[0].name == "value"):
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            proto.graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    if len(kept) != len(proto.graph.node):
+        del proto.graph.node[:]
+        proto.graph.node.extend(kept)

@@ -110,3 +110,4 @@ def test_inspect_counts_quantized_weights_as_weights_not_activations(exported, t
     # DequantizeLinear on a weight is folded into QLinearConv at run time: it holds no activation memory.
     assert int8.peak_activation_bytes <= 1.5 * fp32.peak_activation_bytes
     assert int8.macs == fp32.macs
+
