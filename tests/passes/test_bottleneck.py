@@ -200,7 +200,9 @@ def test_time_budget_uses_measured_timings_cached_per_machine(tmp_path, monkeypa
 
     assert inspect_model(ir.to_proto(model)).totals.macs < macs
     out = ort_run(model, {"x": x})[0]
-    assert np.abs(out - reference).max() < np.abs(reference).max()
+    # Closer to the source than no output at all, over the whole tensor: a single element (the max) can
+    # land on a ReLU that the factorised layers switched off, whatever ranks the timings chose.
+    assert np.linalg.norm(out - reference) < np.linalg.norm(reference)
     again = BottleneckPass.from_spec("time=0.6")
     assert again(to_ir(proto)).modified
     # The layer timings come from the cache; the whole model's latency is measured afresh each run, so
