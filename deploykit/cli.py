@@ -429,6 +429,10 @@ def serve(model, name, host, http_port, grpc_port, metrics_port, max_batch_size,
         click.echo(f"error: Triton Inference Server stopped by itself: its log is {server.log_file}", err=True)
         sys.exit(1)
     except _Interrupted as exc:
+        # A second Ctrl-C (or a SIGTERM forwarded twice) must not cut the shutdown short and orphan Triton.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        click.echo(f"stopping on {signal.Signals(exc.signum).name} ...", err=True)
         server.stop()
         click.echo(f"stopped by {signal.Signals(exc.signum).name}", err=True)
     finally:
