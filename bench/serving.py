@@ -2,7 +2,7 @@
 
 For each model: in-process `Engine` throughput at batch 1, 2, 4, 8 and 16; then `deploykit serve` (a
 subprocess, as a user runs it) with and without Triton's dynamic batcher, loaded by `CONCURRENCY`
-client threads, each sending one-image requests over gRPC back to back for `--seconds`; throughput is
+client processes, each sending one-image requests over gRPC back to back for `--seconds`; throughput is
 requests answered per second of wall time, latency each request's round trip (p50, p99). Everything
 is measured in this one run, on this machine: client, server and model share its cores.
 
@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -50,10 +49,10 @@ def _free_ports(n):
     return ports
 
 
-def engine_throughput(path, shape, seconds) -> dict[int, float]:
+def engine_throughput(path, shape, seconds, batches=ENGINE_BATCHES) -> dict[int, float]:
     engine = Engine(path)
     out = {}
-    for batch in ENGINE_BATCHES:
+    for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
         for _ in range(3):
             engine(x)
@@ -80,45 +79,56 @@ def serve(path, dynamic: bool):
     return process, json.loads(line)
 
 
-def load(info, shape, concurrency: int, seconds: float) -> dict:
+def _client(url, name, input_name, shape, seconds, ready, go, results):
+    """One client process: connect, warm up, wait for the common start, then send back to back."""
     import tritonclient.grpc as grpcclient
 
-    name, input_name = info["name"], info["inputs"][0]["name"]
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    latencies, errors = [], []
-    stop_at = time.perf_counter() + seconds
-    lock = threading.Lock()
+    client = grpcclient.InferenceServerClient(url)
+    request = grpcclient.InferInput(input_name, list(shape), "FP32")
+    request.set_data_from_numpy(x)
+    latencies = []
+    try:
+        client.infer(name, [request], client_timeout=30)
+        ready.put(True)
+        go.wait(timeout=120)
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            client.infer(name, [request], client_timeout=30)
+            latencies.append(time.perf_counter() - t)
+        results.put(latencies)
+    except Exception as exc:  # reported by the parent
+        ready.put(False)
+        results.put(repr(exc))
+    finally:
+        client.close()
 
-    def client():
-        c = grpcclient.InferenceServerClient(info["grpc_url"])
-        request = grpcclient.InferInput(input_name, list(shape), "FP32")
-        request.set_data_from_numpy(x)
-        mine = []
-        try:
-            c.infer(name, [request], client_timeout=30)  # warm the connection
-            while time.perf_counter() < stop_at:
-                t = time.perf_counter()
-                c.infer(name, [request], client_timeout=30)
-                mine.append(time.perf_counter() - t)
-        except Exception as exc:
-            errors.append(exc)
-        finally:
-            c.close()
-            with lock:
-                latencies.extend(mine)
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=seconds + 60)
-    wall = time.perf_counter() - start
-    if errors:
-        raise RuntimeError(f"requests failed: {errors[0]}")
-    lat = np.array(latencies) * 1e3
-    return {"throughput": len(latencies) / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "requests": len(latencies)}
+def load(info, shape, concurrency: int, seconds: float) -> dict:
+    """`concurrency` client processes (spawned: no Python lock shared between clients, as with real ones),
+    started together, each sending one-image requests back to back for `seconds`."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_client, args=(info["grpc_url"], info["name"], info["inputs"][0]["name"], shape,
+                                                seconds, ready, go, results)) for _ in range(concurrency)]
+    for proc in procs:
+        proc.start()
+    if not all(ready.get(timeout=120) for _ in procs):
+        go.set()
+        raise RuntimeError(f"a client failed: {results.get(timeout=60)}")
+    go.set()
+    collected = [results.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    bad = [c for c in collected if isinstance(c, str)]
+    if bad:
+        raise RuntimeError(f"requests failed: {bad[0]}")
+    lat = np.concatenate([np.array(c) for c in collected]) * 1e3
+    return {"throughput": len(lat) / seconds, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "requests": int(len(lat))}
 
 
 def batch_stats(info) -> str:
@@ -155,7 +165,12 @@ def main() -> None:
                     engine_runs.append(engine_throughput(path, shape, args.seconds))
                     for dynamic, (_, info) in servers.items():
                         for c in CONCURRENCY:
-                            served_runs.setdefault((dynamic, c), []).append(load(info, shape, c, args.seconds))
+                            # In-process batch 8 measured right before each served point: the ratio compares
+                            # figures a few seconds apart, not half a minute.
+                            reference = engine_throughput(path, shape, args.seconds / 2, batches=(8,))[8]
+                            point = load(info, shape, c, args.seconds)
+                            point["ratio8"] = point["throughput"] / reference
+                            served_runs.setdefault((dynamic, c), []).append(point)
                     print(model, engine_runs[-1], {k: v[-1]["throughput"] for k, v in served_runs.items()}, flush=True)
                 per_execution = {dynamic: batch_stats(info) for dynamic, (_, info) in servers.items()}
             finally:
@@ -163,19 +178,21 @@ def main() -> None:
                     process.terminate()
                     process.communicate(timeout=60)
             engine = {b: float(np.median([r[b] for r in engine_runs])) for b in ENGINE_BATCHES}
-            rows = {k: {key: float(np.median([r[key] for r in runs])) for key in ("throughput", "p50_ms", "p99_ms")}
-                    for k, runs in served_runs.items()}
-            ratio8 = float(np.median([s["throughput"] / e[8] for s, e in zip(served_runs[(True, 8)], engine_runs)]))
+            rows = {k: {key: float(np.median([r[key] for r in runs]))
+                        for key in ("throughput", "p50_ms", "p99_ms", "ratio8")} for k, runs in served_runs.items()}
+            ratio8 = rows[(True, 8)]["ratio8"]
             sections.append((model, shape, engine, max(engine, key=engine.get), rows, per_execution, ratio8))
     lines = ["# Serving on Triton Inference Server (`bench/serving.py`)", "", machine_line(), "",
-             f"`deploykit serve {' '.join(SERVE_ARGS) or '(one instance)'}` (Triton 2.51 through PyTriton, ONNX Runtime "
+             f"`deploykit serve{(' ' + ' '.join(SERVE_ARGS)) if SERVE_ARGS else ''}` "
+             f"({'as given' if SERVE_ARGS else 'one instance'}; Triton 2.51 through PyTriton, ONNX Runtime "
              f"CPU inside), max batch "
-             f"{MAX_BATCH}; with dynamic batching the queue delay is {QUEUE_DELAY_US} us. Load: C client threads "
-             f"in the benchmark's process, each sending one-image gRPC requests back to back for {args.seconds:g} s "
-             "(a bounded tritonclient loop; perf_analyzer does not install here). In-process: `Engine` called "
-             f"back to back at each batch size. Medians of {args.rounds} interleaved rounds (in-process, then every "
-             "served point, per round) from this one run; clients, Triton and the model share the same 2 cores, so "
-             "the clients' own work (gRPC, 600 KB per ResNet-18 request) is taken from the server.", ""]
+             f"{MAX_BATCH}; with dynamic batching the queue delay is {QUEUE_DELAY_US} us. Load: C client processes "
+             f"started together, each sending one-image gRPC requests back to back for {args.seconds:g} s (a bounded "
+             "tritonclient loop; perf_analyzer does not install here). In-process: `Engine` called back to back "
+             "at each batch size; each served point's ratio is against in-process batch 8 measured just before it. "
+             f"Medians of {args.rounds} interleaved rounds from this one run; clients, Triton and the model share "
+             "the same 2 cores, so the clients' own work (gRPC, 600 KB per ResNet-18 request) is taken from the "
+             "server.", ""]
     for model, shape, engine, best, rows, per_execution, ratio8 in sections:
         lines += [f"## {model} ({'x'.join(map(str, shape[1:]))} per request)", "",
                   "In-process Engine: " + ", ".join(f"batch {b}: {v:.0f}/s" for b, v in engine.items())
@@ -185,9 +202,10 @@ def main() -> None:
         for c in CONCURRENCY:
             d, p = rows[(True, c)], rows[(False, c)]
             lines.append(f"| {c} | {d['throughput']:.0f} | {d['p50_ms']:.1f} | {d['p99_ms']:.1f} | "
-                         f"{d['throughput'] / engine[8]:.2f}x | {p['throughput']:.0f} | {p['p50_ms']:.1f} | "
-                         f"{p['p99_ms']:.1f} | {p['throughput'] / engine[8]:.2f}x |")
-        lines += ["", f"Dynamic batching at 8 clients against in-process batch 8, median of the per-round ratios: "
+                         f"{d['ratio8']:.3g}x | {p['throughput']:.0f} | {p['p50_ms']:.1f} | "
+                         f"{p['p99_ms']:.1f} | {p['ratio8']:.3g}x |")
+        lines += ["", f"Dynamic batching at 8 clients against in-process batch 8 measured just before, median over "
+                      f"the rounds: "
                       f"{ratio8:.2f}x. Requests per execution over the whole run (Triton's statistics): dynamic "
                       f"batching {per_execution[True]}, no batching {per_execution[False]}.", ""]
     Path(args.out).write_text("\n".join(lines) + "\n")
