@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from _timing import interleaved, machine_line, time_onnx  # noqa: E402
 
-from deploykit import Engine, export  # noqa: E402
+from deploykit import export  # noqa: E402
 from deploykit.errors import DeploykitError  # noqa: E402
 from deploykit.optimize import optimize_model  # noqa: E402
 

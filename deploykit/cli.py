@@ -15,6 +15,7 @@ import sys
 import click
 
 from .errors import DeploykitError, UserInputError
+from .errors import first_line as _first_line
 
 # Backend names, from one place (deploykit.backends keeps its imports lazy, so this is cheap).
 from .backends import BACKENDS as BENCH_BACKENDS  # noqa: E402
@@ -425,7 +426,6 @@ def serve(model, name, host, http_port, grpc_port, metrics_port, max_batch_size,
         sys.stdout.flush()
         click.echo("Ctrl-C or SIGTERM stops it.", err=True)
         server.wait()
-        server._own_log = False
         click.echo(f"error: Triton Inference Server stopped by itself: its log is {server.log_file}", err=True)
         sys.exit(1)
     except _Interrupted as exc:
@@ -571,9 +571,6 @@ def main(argv=None) -> None:
             signal.signal(s, handler)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _usage_hint(exc) -> str:

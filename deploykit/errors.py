@@ -30,3 +30,9 @@ class BackendUnavailableError(DeploykitError):
     """A runtime, execution provider or package asked for is not available here."""
 
     exit_code = 4
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): errors stay one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

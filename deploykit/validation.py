@@ -237,11 +237,17 @@ class AccuracyJudge:
 
         return self.baseline - self.score(run_batched(cpu_session(model), self.validation.feeds)[0])
 
-    def measurable(self, budget: AccuracyBudget, flag: str) -> bool:
-        """Whether the budget can be judged; refuses an explicit budget on a model it cannot be judged on."""
-        if self.baseline is not None:
-            return True
+    @classmethod
+    def for_budget(cls, reference_model, validation: ValidationSet | None,
+                   budget: AccuracyBudget) -> "AccuracyJudge | None":
+        """The judge of a pass under `budget`, or None where the model cannot be judged and the budget is only
+        the default; refuses a missing validation set, and an explicit budget on a model with no class axis."""
+        if validation is None:
+            raise UserInputError("--max-accuracy-drop needs data to judge by: give --validate DATA")
+        judge = cls(reference_model, validation)
+        if judge.baseline is not None:
+            return judge
         if budget.asked:
-            raise UserInputError(f"{flag} needs a classifier-like first output (class scores) to measure accuracy "
-                                 "or top-1 agreement on; this model's has no class axis")
-        return False
+            raise UserInputError("--max-accuracy-drop needs a classifier-like first output (class scores) to "
+                                 "measure accuracy or top-1 agreement on; this model's has no class axis")
+        return None

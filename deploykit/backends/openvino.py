@@ -128,10 +128,7 @@ class OpenVinoBackend(Backend):
         hit = cached.exists() and cached.with_suffix(".bin").exists()
         if not hit:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                read = ov.Core().read_model(str(model))
-            except Exception as exc:
-                raise UserInputError(f"OpenVINO cannot read {model.name}: {_first_line(exc)}") from exc
+            read = read_model(model)
             read.set_rt_info(precision, _RT_INFO)
             _save_ir(ov, read, cached)
             _compile(ov.Core(), cached, precision, None)  # proves it compiles on this machine before it is used
@@ -209,6 +206,15 @@ def _compile(core, model_path: Path, precision: str, threads: int | None):
         return core.compile_model(str(model_path), "CPU", config)
     except Exception as exc:
         raise UserInputError(f"OpenVINO cannot compile {model_path.name}: {_first_line(exc)}") from exc
+
+
+def read_model(path: Path):
+    """OpenVINO's model for an ONNX file or an IR .xml; what it cannot read is one UserInputError line."""
+    ov = import_openvino()
+    try:
+        return ov.Core().read_model(str(path))
+    except Exception as exc:
+        raise UserInputError(f"OpenVINO cannot read {Path(path).name}: {_first_line(exc)}") from exc
 
 
 def _first_line(exc: Exception) -> str:

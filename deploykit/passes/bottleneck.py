@@ -213,11 +213,9 @@ class BottleneckPass(GraphPass):
         from ..errors import VerificationError
         from ..validation import AccuracyJudge
 
-        if self.validation is None:
-            raise UserInputError("--max-accuracy-drop needs data to judge by: give --validate DATA")
         source = ir.to_proto(model)
-        judge = AccuracyJudge(source, self.validation)
-        if not judge.measurable(self.budget, "--max-accuracy-drop"):
+        judge = AccuracyJudge.for_budget(source, self.validation, self.budget)
+        if judge is None:
             self.note("no accuracy budget: the first output has no class axis to measure top-1 agreement on")
             return ranks
         allowance = self.budget.left * self.budget_share

@@ -205,21 +205,18 @@ class QuantizeInt8Pass(RebuildPass):
         from ..errors import VerificationError
         from ..validation import AccuracyJudge
 
-        if self.validation is None:
-            raise UserInputError("--max-accuracy-drop needs data to judge by: give --validate DATA")
-        feeds = self.validation.feeds
-        judge = AccuracyJudge(float_proto, self.validation)
-        if not judge.measurable(self.budget, "--max-accuracy-drop"):
+        judge = AccuracyJudge.for_budget(float_proto, self.validation, self.budget)
+        if judge is None:
             self.note("no accuracy budget: the first output has no class axis to measure top-1 agreement on "
                       "(give --validate data with labels, or judge the deviation with --max-error)")
             return quantized
+        feeds = self.validation.feeds
         baseline, what, drop_of = judge.baseline, judge.what, judge.drop_of
         allowance = self.budget.left
         full_drop = drop_of(quantized)
-        budget_text = (f"budget {allowance:g}" if abs(allowance - self.budget.total) < 1e-9 else
-                       f"{allowance:.2f} left of budget {self.budget.total:g} after the bottleneck")
         self.note(f"accuracy budget: {what} {baseline:.2f}% in float, {baseline - full_drop:.2f}% with every layer "
-                  f"in int8 (drop {full_drop:.2f} points; {budget_text}) on {self.validation.source}")
+                  f"in int8 (drop {full_drop:.2f} points; {self._budget_words(allowance)}) on "
+                  f"{self.validation.source}")
         if full_drop <= allowance:
             self.budget.spent += max(full_drop, 0.0)
             return quantized
@@ -262,7 +259,7 @@ class QuantizeInt8Pass(RebuildPass):
             tried += 1
             if drop_of(candidate) > allowance:
                 raise VerificationError(
-                    f"int8 cannot hold {self._budget_words(allowance)}: even with all {len(by_error)} "
+                    f"int8 cannot hold --max-accuracy-drop ({self._budget_words(allowance)}): even with all {len(by_error)} "
                     f"quantized layers in float, {what} drops by {drop_of(candidate):.2f} points; nothing was written")
             best, hi, ranking = candidate, len(by_error), by_error
         self.kept_in_float = ranking[:hi]
@@ -277,9 +274,10 @@ class QuantizeInt8Pass(RebuildPass):
         return best
 
     def _budget_words(self, allowance: float) -> str:
+        """The budget int8 holds: the whole one, or what a bottleneck before it left."""
         if abs(allowance - self.budget.total) < 1e-9:
-            return f"--max-accuracy-drop {self.budget.total:g}"
-        return (f"the {allowance:.2f} point(s) the bottleneck left of --max-accuracy-drop {self.budget.total:g}")
+            return f"budget {allowance:g}"
+        return f"{allowance:.2f} left of budget {self.budget.total:g} after the bottleneck"
 
     @staticmethod
     def _rank_layers(quantized, base: list[str], feeds, quantize) -> list[str]:

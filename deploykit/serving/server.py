@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, DeploykitError, UserInputError
+from ..errors import first_line as _first_line
 from .triton import resolve_max_batch
 
 EXIT_TIMEOUT_S = 5
@@ -154,7 +155,7 @@ class Server:
         self._engines = [Engine(source, providers=providers, intra_op_threads=threads,
                                 session_options=_quiet_session_options() if source.suffix == ".onnx" else None)
                          for _ in range(instances)]
-        self._signature, self._source = signature, source
+        self._signature = signature
         self._triton = None
         # Triton's own log goes to a file, not the terminal: a temporary one unless asked, kept when startup fails.
         self._own_log = log_file is None
@@ -245,9 +246,11 @@ class Server:
         return self._triton is not None and self._triton.is_alive()
 
     def wait(self, poll_s: float = 0.5) -> None:
-        """Block while the server is alive; returns when Triton (or a model instance) has died."""
+        """Block while the server is alive; returns when Triton (or a model instance) has died, keeping
+        Triton's log, which says why."""
         while self.alive():
             time.sleep(poll_s)
+        self._own_log = False
 
     def stop(self) -> None:
         if self._triton is not None:
@@ -264,7 +267,3 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

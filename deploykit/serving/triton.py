@@ -90,7 +90,7 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
         raise UserInputError(f"--gpu-accelerator {gpu_accelerator!r}: choose tensorrt or tensorrt-fp16")
     if version < 1 or instances < 1:
         raise UserInputError("--version and --instances must be positive integers")
-    tensors_in, tensors_out = _signature(source, backend)
+    tensors_in, tensors_out = _signature(source)
     name = name or source.stem
     if not name or name.startswith(".") or "/" in name or name != name.strip():
         raise UserInputError(f"bad model name {name!r}: give --name with letters, digits, '-' or '_'")
@@ -102,7 +102,7 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
     if entry.exists() and not force:
         raise UserInputError(f"{entry} already exists (another model's entry?): choose another --name, or --force "
                              "to replace it")
-    for f in _source_files(source, backend):
+    for f in _source_files(source):
         if entry in f.resolve().parents or f.resolve() == entry.resolve():
             raise UserInputError(f"the model {source} lives inside {entry}: package it to another repository or name")
 
@@ -159,7 +159,7 @@ def resolve_max_batch(batched: bool, max_batch_size: int | None, preferred_batch
 Tensor = tuple  # (name, Triton data type, dims with None for a dynamic dimension)
 
 
-def _signature(source: Path, backend: str) -> tuple[list[Tensor], list[Tensor]]:
+def _signature(source: Path) -> tuple[list[Tensor], list[Tensor]]:
     """The model's inputs and outputs, read from the file itself (ONNX, IR) or a plan's sidecar."""
     if source.suffix.lower() == ".plan":
         from ..backends.trt import sidecar_path
@@ -172,13 +172,9 @@ def _signature(source: Path, backend: str) -> tuple[list[Tensor], list[Tensor]]:
         return ([(t["name"], t["data_type"], t["dims"]) for t in recorded["inputs"]],
                 [(t["name"], t["data_type"], t["dims"]) for t in recorded["outputs"]])
     if source.suffix.lower() == ".xml":
-        from ..backends.openvino import import_openvino
+        from ..backends.openvino import read_model
 
-        ov = import_openvino()
-        try:
-            read = ov.Core().read_model(str(source))
-        except Exception as exc:
-            raise UserInputError(f"OpenVINO cannot read {source.name}: {str(exc).splitlines()[0]}") from None
+        read = read_model(source)
 
         def ports(items):
             out = []
@@ -217,7 +213,7 @@ def signature_tensors(proto) -> tuple[list[Tensor], list[Tensor]]:
     return convert(signature.inputs), convert(signature.outputs)
 
 
-def _source_files(source: Path, backend: str) -> list[Path]:
+def _source_files(source: Path) -> list[Path]:
     if source.suffix.lower() == ".xml":
         return [source, source.with_suffix(".bin")]
     if source.suffix.lower() == ".plan":
@@ -234,14 +230,9 @@ def _write_model(source: Path, backend: str, target: Path) -> None:
         shutil.copyfile(source.with_suffix(".bin"), target.with_suffix(".bin"))
         shutil.copyfile(source, target)
     else:  # ONNX for Triton's OpenVINO backend: converted to IR, weights kept in their own precision
-        from ..backends.openvino import import_openvino
+        from ..backends.openvino import import_openvino, read_model
 
-        ov = import_openvino()
-        try:
-            converted = ov.Core().read_model(str(source))
-        except Exception as exc:
-            raise UserInputError(f"OpenVINO cannot read {source.name}: {str(exc).splitlines()[0]}") from None
-        ov.save_model(converted, str(target), compress_to_fp16=False)
+        import_openvino().save_model(read_model(source), str(target), compress_to_fp16=False)
 
 
 def _umask() -> int:
@@ -261,7 +252,7 @@ def _config_text(name, backend, max_batch_size, inputs, outputs, dynamic, prefer
         return lines + ["]"]
 
     # Triton names the OpenVINO backend by `backend`; ONNX Runtime and TensorRT models by `platform`.
-    kind_line = f'backend: "openvino"' if backend == "openvino" else f'platform: "{PLATFORMS[backend]}"'
+    kind_line = 'backend: "openvino"' if backend == "openvino" else f'platform: "{PLATFORMS[backend]}"'
     lines = [f'name: "{name}"', kind_line, f"max_batch_size: {max_batch_size}"]
     lines += tensor_block("input", inputs) + tensor_block("output", outputs)
     if dynamic:
