@@ -43,18 +43,12 @@ class QuantizeInt8Pass(RebuildPass):
     exact = False
 
     def __init__(self, calibration, target: str = "ort", method: str = "minmax", input_shape=None,
-                 exclude=(), max_accuracy_drop: float | None = None, budget_asked: bool = True,
-                 budget=None) -> None:
+                 exclude=(), budget=None) -> None:
         super().__init__()
         # Node names or op types kept in float from the start (--int8-exclude); the budget search adds to them.
         self.exclude = tuple(exclude)
-        # Points of accuracy (labelled data) or of top-1 agreement with the float model that int8 may
-        # cost; None: no budget. Judged on the pipeline's validation set, which it fills in below.
-        # A pipeline shares one AccuracyBudget between its approximating passes (the bottleneck spends first).
-        from ..validation import AccuracyBudget
-
-        if budget is None and max_accuracy_drop is not None:
-            budget = AccuracyBudget(max_accuracy_drop, asked=budget_asked)
+        # The pipeline's AccuracyBudget (None: no budget), in points of accuracy (labelled data) or of top-1
+        # agreement, shared with a bottleneck before it; judged on the pipeline's validation set, filled in below.
         self.budget = budget
         self.validation = None
         self.kept_in_float: list[str] = []
