@@ -108,8 +108,8 @@ def optimize_with_reachable_budget(raw: Path, out: Path, opts: dict, log, label:
                          f"is refused: the floor is {reachable}); the row is left out")
             return None
         log(f"  {raw.stem}: --bottleneck {opts['bottleneck']} cannot be reached; measured at {reachable}")
-        NOTES.append(f"{raw.stem} / {label}: `--bottleneck {opts['bottleneck']}` cannot be reached (the dense KxK "
-                     f"layers alone cannot cut that much); the row was measured at `{reachable}`")
+        NOTES.append(f"{raw.stem} / {label}: `--bottleneck {opts['bottleneck']}` cannot be reached (the pass "
+                     f"refuses it and names the floor); the row was measured at `{reachable}`")
         return optimize_with_reachable_budget(raw, out, {**opts, "bottleneck": reachable}, log, label)
 
 

@@ -1,5 +1,7 @@
 """BottleneckPass: the notes' Inception example, best-rank-r against numpy's SVD, rank specs, the MAC budget."""
 
+import re
+
 import numpy as np
 import pytest
 from onnx import helper
@@ -188,6 +190,8 @@ def test_time_budget_uses_measured_timings_cached_per_machine(tmp_path, monkeypa
     assert first(model).modified
     notes = " ".join(first.notes)
     assert "time budget:" in notes and "ms at batch 1 measured here" in notes
+    # The layer timings' prediction was checked on the factorised model, timed beside the source.
+    assert re.search(r"the chosen ranks run in \d\.\d\d of it, timed beside the model as it is \([1-3] check", notes)
     assert "3 convolution(s)" in notes and "0 measured now" not in notes
     import json
 
@@ -217,3 +221,59 @@ def test_unreachable_time_budget_is_refused(tmp_path, monkeypatch):
     for bad in ("time=0", "time=1.5", "time=nan"):
         with pytest.raises(UserInputError):
             BottleneckPass.from_spec(bad)
+
+
+def _pointwise_heavy():
+    """ResNet-50's bottleneck block shape: 1x1 256->64, 3x3 64->64, 1x1 64->256, with ReLUs. The 1x1 layers
+    hold 2/3 of the MACs, so no cut of the 3x3 alone reaches half of them."""
+    rng = np.random.default_rng(5)
+    shapes = [("reduce", 64, 256, 1), ("spatial", 64, 64, 3), ("expand", 256, 64, 1)]
+    nodes, inits, source = [], [], "x"
+    for name, cout, cin, k in shapes:
+        inits.append((f"{name}_w", (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)))
+        nodes += [helper.make_node("Conv", [source, f"{name}_w"], [name], name=name, kernel_shape=[k, k],
+                                   pads=[k // 2] * 4),
+                  helper.make_node("Relu", [name], [f"{name}_r"], name=f"{name}_relu")]
+        source = f"{name}_r"
+    return make_model(nodes, [tensor_info("x", [1, 256, 28, 28])], [tensor_info(source, [1, 256, 28, 28])], inits)
+
+
+def test_measured_budgets_consider_one_by_one_layers(tmp_path, monkeypatch):
+    import onnx_ir as ir
+
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path))
+    proto = _pointwise_heavy()
+    names = {n.name for n in proto.graph.node if n.op_type == "Conv"}
+    ratio = BottleneckPass("ratio", 0.25)
+    ratio(to_ir(proto))
+    assert list(ratio.chosen) == ["spatial"]  # unmeasured modes leave unnamed 1x1 layers alone
+    assert any("left 2 1x1 convolution(s) as they are" in n for n in ratio.notes)
+
+    model = to_ir(proto)
+    timed = BottleneckPass("time", 0.6)
+    timed(model)
+    assert any("timed 3 convolution(s)" in n for n in timed.notes)  # the 1x1 layers are timed candidates
+    for name, chosen in timed.chosen.items():
+        assert name in names and chosen["macs_after"] < chosen["macs_before"]
+    # Whatever the timings chose is the rank-r factorisation: the output stays near the source's.
+    x = np.random.default_rng(0).standard_normal((1, 256, 28, 28)).astype(np.float32)
+    reference = ort_run(proto, {"x": x})[0]
+    assert np.linalg.norm(ort_run(model, {"x": x})[0] - reference) < np.linalg.norm(reference)
+    assert inspect_model(ir.to_proto(model)).totals.macs <= inspect_model(proto).totals.macs
+
+
+def test_a_one_by_one_rank_is_taken_under_macs_only_where_its_time_pays():
+    from deploykit.passes.bottleneck import _Layer, _pays
+
+    weight = np.zeros((256, 256, 1, 1), np.float32)
+    layer = _Layer(node=None, weight=weight, in_hw=196, out_hw=196, t_full=1e-3)
+    # Rank 32 (256 -> 32 -> 256) has a quarter of the layer's MACs, so it must save 0.9 x 0.75 of its time.
+    assert layer.macs(32) * 4 == layer.macs()
+    layer.t_grid = {32: 0.30e-3}
+    assert _pays(layer, 32)
+    layer.t_grid = {32: 0.40e-3}  # saves 0.60 of the time for 0.75 of the MACs
+    assert not _pays(layer, 32)
+    assert not _pays(layer, 16)  # a rank that was not timed is never taken
+    spatial = _Layer(node=None, weight=np.zeros((64, 64, 3, 3), np.float32), in_hw=196, out_hw=196, t_full=1e-3,
+                     t_grid={16: 0.9e-3})
+    assert _pays(spatial, 16)  # KxK layers are taken on their MACs, as before timings existed
