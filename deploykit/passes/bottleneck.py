@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -397,9 +398,10 @@ class BottleneckPass(GraphPass):
                     break
                 aim = min(1.0, max(0.05, aim * self.value / measured))
         _, measured, predicted, ranks = min(checks, key=lambda c: c[0])
+        trail = ", ".join(f"{c[2]:.2f} -> {c[1]:.2f}" for c in checks)
         self.note(f"time budget: {total * 1e3:.3g} ms at batch 1 measured here; the chosen ranks run in "
-                  f"{measured:.2f} of it, timed beside the model as it is ({len(checks)} check(s); the layer timings "
-                  f"predicted {predicted:.2f})")
+                  f"{measured:.2f} of it, timed beside the model as it is ({len(checks)} check(s), predicted -> "
+                  f"measured: {trail})")
         return ranks
 
     def _factorised(self, source, layers: list[_Layer], ranks: dict[str, int]):
@@ -537,11 +539,39 @@ def _timing_spec(node: ir.Node, weight: np.ndarray, in_shape) -> dict | None:
 
 
 class _Timer:
-    """Batch-1 latency of whole models in ONNX Runtime (level ALL, default session options, as deploykit's
-    Engine and bench run them), and the ratio of a candidate's to the source's, measured interleaved."""
+    """Batch-1 latency of whole models in ONNX Runtime (level ALL, as deploykit's Engine and bench run them),
+    and the ratio of a candidate's to the source's, measured interleaved in a fresh process.
+
+    A fresh process, because the calling one is not a clean place to time: the same ResNet-18 check read
+    0.33 of the source in a process that had just exported with torch and 0.53 in one that had not (0.51
+    in separate processes). Spin-waiting is off, because two sessions take turns: with it on, the idle
+    one's threads keep spinning into the other's runs (ResNet-50 read 0.50 that way, 0.32 without)."""
 
     ROUNDS = 5
     ROUND_SECONDS = 0.15  # and at least 3 runs per model per round
+
+    _SCRIPT = r"""
+import sys, time, numpy as np, onnxruntime as ort
+rounds, seconds, feeds = int(sys.argv[1]), float(sys.argv[2]), dict(np.load(sys.argv[3]))
+sessions = []
+for path in sys.argv[4:]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sessions.append(ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]))
+    for _ in range(3):
+        sessions[-1].run(None, feeds)
+times = [[] for _ in sessions]
+for _ in range(rounds):
+    for session, out in zip(sessions, times):
+        start, runs = time.perf_counter(), 0
+        while runs < 3 or time.perf_counter() - start < seconds:
+            t = time.perf_counter()
+            session.run(None, feeds)
+            out.append(time.perf_counter() - t)
+            runs += 1
+print(" ".join(str(float(np.median(t))) for t in times))
+"""
 
     def __init__(self, source, input_shapes):
         import tempfile
@@ -551,63 +581,45 @@ class _Timer:
         from ..signature import read_signature, sample_inputs
 
         self._tmp = tempfile.TemporaryDirectory(prefix="deploykit-time-")
-        path = self._save(source)
-        signature = read_signature(onnx.load(str(path), load_external_data=False))
+        self._count = 0
+        self._source = self._save(source)
+        signature = read_signature(onnx.load(str(self._source), load_external_data=False))
         shapes = signature.resolve(input_shapes if isinstance(input_shapes, dict) else
                                    ({signature.input_names[0]: input_shapes} if input_shapes else None))
-        self.feeds = sample_inputs(signature, {n: (1, *shape[1:]) for n, shape in shapes.items()})
-        self._source = self._session(path)
+        feeds = sample_inputs(signature, {n: (1, *shape[1:]) for n, shape in shapes.items()})
+        self._feeds = Path(self._tmp.name) / "feeds.npz"
+        np.savez(self._feeds, **feeds)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self._source = None
         self._tmp.cleanup()
 
-    def _save(self, proto):
-        from pathlib import Path
-
-        path = Path(self._tmp.name) / f"m{len(list(Path(self._tmp.name).glob('*.onnx')))}.onnx"
+    def _save(self, proto) -> Path:
+        path = Path(self._tmp.name) / f"m{self._count}.onnx"
+        self._count += 1
         ir.save(ir.from_proto(proto), path, external_data=f"{path.name}.data", size_threshold_bytes=1024)
         return path
 
-    def _session(self, path):
-        import onnxruntime as ort
+    def _medians(self, paths) -> list[float]:
+        import subprocess
+        import sys
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # Two sessions take turns here: with spin-waiting, the idle one's threads keep spinning into the
-        # other's runs (ResNet-50 measured 0.50 of the source that way, 0.32 without; 0.31 in separate
-        # processes, as bench times them).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        for _ in range(3):
-            session.run(None, self.feeds)
-        return session
+        from ..errors import DeploykitError
 
-    def _round(self, session, times: list) -> None:
-        import time
-
-        start, runs = time.perf_counter(), 0
-        while runs < 3 or time.perf_counter() - start < self.ROUND_SECONDS:
-            t = time.perf_counter()
-            session.run(None, self.feeds)
-            times.append(time.perf_counter() - t)
-            runs += 1
+        done = subprocess.run([sys.executable, "-c", self._SCRIPT, str(self.ROUNDS), str(self.ROUND_SECONDS),
+                               str(self._feeds), *map(str, paths)], capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DeploykitError(f"--bottleneck time=: timing the factorised model in a fresh process failed: {last}")
+        return [float(v) for v in done.stdout.split()]
 
     def seconds(self) -> float:
         """The source's median latency."""
-        times = []
-        for _ in range(self.ROUNDS):
-            self._round(self._source, times)
-        return float(np.median(times))
+        return self._medians([self._source])[0]
 
     def ratio(self, candidate) -> float:
         """The candidate's median latency over the source's, the two timed round by round."""
-        session = self._session(self._save(candidate))
-        a, b = [], []
-        for _ in range(self.ROUNDS):
-            self._round(self._source, a)
-            self._round(session, b)
-        return float(np.median(b) / np.median(a))
+        source, trial = self._medians([self._source, self._save(candidate)])
+        return trial / source

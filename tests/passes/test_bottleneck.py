@@ -191,7 +191,9 @@ def test_time_budget_uses_measured_timings_cached_per_machine(tmp_path, monkeypa
     notes = " ".join(first.notes)
     assert "time budget:" in notes and "ms at batch 1 measured here" in notes
     # The layer timings' prediction was checked on the factorised model, timed beside the source.
-    assert re.search(r"the chosen ranks run in \d\.\d\d of it, timed beside the model as it is \([1-3] check", notes)
+    found = re.search(r"the chosen ranks run in (\d\.\d\d) of it, timed beside the model as it is \([1-3] check\(s\), "
+                      r"predicted -> measured: ([\d., >-]+)\)", notes)
+    assert found and found.group(1) in re.findall(r"-> (\d\.\d\d)", found.group(2))  # one of the checked ranks
     assert "3 convolution(s)" in notes and "0 measured now" not in notes
     import json
 
