@@ -12,8 +12,9 @@ import platform
 import time
 
 META_CPU = "deploykit.ort_layout.cpu_flags"
-_RELEVANT = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vnni", "avx512_bf16", "avx2", "fma", "amx_tile",
-             "amx_int8", "amx_bf16")
+_RELEVANT = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vnni", "avx512_bf16", "avx2", "avx_vnni", "fma",
+             "amx_tile", "amx_int8", "amx_bf16")
+VNNI = {"avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8"}  # the extensions with an 8-bit dot product into 32 bits
 
 
 def cpu_flags() -> set[str]:
