@@ -544,8 +544,9 @@ class _Timer:
 
     A fresh process, because the calling one is not a clean place to time: the same ResNet-18 check read
     0.33 of the source in a process that had just exported with torch and 0.53 in one that had not (0.51
-    in separate processes). Spin-waiting is off, because two sessions take turns: with it on, the idle
-    one's threads keep spinning into the other's runs (ResNet-50 read 0.50 that way, 0.32 without)."""
+    in separate processes). Spin-waiting is off where two sessions take turns: with it on, the idle
+    one's threads keep spinning into the other's runs (ResNet-50 read 0.50 that way, 0.32 without). The
+    source timed alone spins, as ORT does by default and as the layer timings were taken."""
 
     ROUNDS = 5
     ROUND_SECONDS = 0.15  # and at least 3 runs per model per round
@@ -557,7 +558,8 @@ sessions = []
 for path in sys.argv[4:]:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if len(sys.argv) > 5:  # sessions taking turns: no spin-waiting (a lone one spins, as the layer timings did)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions.append(ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]))
     for _ in range(3):
         sessions[-1].run(None, feeds)

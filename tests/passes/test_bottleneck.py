@@ -185,7 +185,7 @@ def test_time_budget_uses_measured_timings_cached_per_machine(tmp_path, monkeypa
     proto = _stack()
     x = np.random.default_rng(0).standard_normal((1, 64, 28, 28)).astype(np.float32)
     reference = ort_run(proto, {"x": x})[0]
-    first = BottleneckPass.from_spec("time=0.6")
+    first = BottleneckPass.from_spec("time=0.7")
     model = to_ir(proto)
     assert first(model).modified
     notes = " ".join(first.notes)
@@ -209,7 +209,7 @@ def test_time_budget_uses_measured_timings_cached_per_machine(tmp_path, monkeypa
     # Closer to the source than no output at all, over the whole tensor: a single element (the max) can
     # land on a ReLU that the factorised layers switched off, whatever ranks the timings chose.
     assert np.linalg.norm(out - reference) < np.linalg.norm(reference)
-    again = BottleneckPass.from_spec("time=0.6")
+    again = BottleneckPass.from_spec("time=0.7")
     assert again(to_ir(proto)).modified
     # The layer timings come from the cache; the whole model's latency is measured afresh each run, so
     # the chosen ranks may move with its noise, not the per-layer measurements.
