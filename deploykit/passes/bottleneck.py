@@ -246,7 +246,7 @@ class BottleneckPass(GraphPass):
             return out
 
         def drop_at(step: int) -> float:
-            return judge.drop_of(self._factorised(source, layers, raised(step)))
+            return judge.drop_of(ir.to_proto(self._factorised(source, layers, raised(step))))
 
         drops = {0: drop_at(0)}
         if drops[0] > allowance:
@@ -375,12 +375,12 @@ class BottleneckPass(GraphPass):
         allocation aims at is corrected by what was measured, at most TIME_CHECKS times."""
         source = ir.to_proto(model)
         timed = [l for l in layers if l.t_grid]
-        with _Timer(source, self.input_shapes) as timer:
+        with _Timer(model, self.input_shapes) as timer:
             total = timer.seconds()
             # Isolated layers and the whole model are timed apart: where the layers sum to more than the model,
             # nothing else is left, and F applies to what the timings see.
-            others = max(0.0, total - sum(l.t_full for l in timed))
-            seen = others + sum(l.t_full for l in timed)
+            seen = max(total, sum(l.t_full for l in timed))
+            others = seen - sum(l.t_full for l in timed)
             aim, checks = self.value, []
             for _ in range(TIME_CHECKS):
                 choice, cost = self._allocate(timed, others, aim * seen, lambda l, r: l.time(r))
@@ -404,7 +404,7 @@ class BottleneckPass(GraphPass):
                   f"measured: {trail})")
         return ranks
 
-    def _factorised(self, source, layers: list[_Layer], ranks: dict[str, int]):
+    def _factorised(self, source, layers: list[_Layer], ranks: dict[str, int]) -> ir.Model:
         """A copy of `source` (a ModelProto) with `ranks` applied, as rewrite() would; the layers stay bound
         to the model being rewritten."""
         trial = ir.from_proto(source)
@@ -417,7 +417,7 @@ class BottleneckPass(GraphPass):
                     continue  # left as it is by rewrite() too
                 by_name[name].node = nodes[name]
                 self._replace(by_name[name], r)
-            return ir.to_proto(trial)
+            return trial
         finally:
             for l, node in zip(layers, originals):
                 l.node = node
@@ -598,10 +598,10 @@ print(" ".join(str(float(np.median(t))) for t in times))
     def __exit__(self, *exc):
         self._tmp.cleanup()
 
-    def _save(self, proto) -> Path:
+    def _save(self, model: ir.Model) -> Path:
         path = Path(self._tmp.name) / f"m{self._count}.onnx"
         self._count += 1
-        ir.save(ir.from_proto(proto), path, external_data=f"{path.name}.data", size_threshold_bytes=1024)
+        ir.save(model, path, external_data=f"{path.name}.data", size_threshold_bytes=1024)
         return path
 
     def _medians(self, paths) -> list[float]:
