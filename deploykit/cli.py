@@ -401,6 +401,7 @@ def serve(model, name, host, http_port, grpc_port, metrics_port, max_batch_size,
                     max_queue_delay_us=max_queue_delay_us, instances=instances, providers=providers, threads=threads,
                     log_file=log_file)
     click.echo(f"starting Triton Inference Server for {model} ...", err=True)
+    _BEFORE_HARD_EXIT.append(server.stop)
     try:
         server.start()
         i = server.info
@@ -437,6 +438,7 @@ def serve(model, name, host, http_port, grpc_port, metrics_port, max_batch_size,
         click.echo(f"stopped by {signal.Signals(exc.signum).name}", err=True)
     finally:
         server.stop()
+        _BEFORE_HARD_EXIT.remove(server.stop)
 
 
 @cli.command(name="bench")
@@ -512,6 +514,35 @@ def _on_signal(signum, frame):
     raise _Interrupted(signum)
 
 
+_previous_unraisablehook = sys.unraisablehook
+# Run before a hard exit (see _on_unraisable): what must not outlive the process, such as a Triton server.
+_BEFORE_HARD_EXIT: list = []
+
+
+def _on_unraisable(unraisable) -> None:
+    """A signal that lands inside a weakref callback, a __del__ or an import lock's cleanup raises
+    _Interrupted where Python can only print and drop it, and the command would run on to exit 0. The
+    stack cannot be unwound from here, so clean up what the `finally` blocks would have and exit now."""
+    if not isinstance(unraisable.exc_value, _Interrupted):
+        _previous_unraisablehook(unraisable)
+        return
+    import os
+
+    from .io import remove_pending
+
+    for cleanup in reversed(_BEFORE_HARD_EXIT):
+        try:
+            cleanup()
+        except Exception:  # noqa: BLE001 - exiting anyway; the remaining cleanups still have to run
+            pass
+    remove_pending()
+    signum = unraisable.exc_value.signum
+    click.echo(_interrupted_message(signum), err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
 def _interrupted_message(signum: int) -> str:
     from .io import WRITTEN
 
@@ -536,6 +567,8 @@ def main(argv=None) -> None:
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:
         signal.signal(s, _on_signal)
+    global _previous_unraisablehook
+    _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _on_unraisable
     try:
         cli.main(args=args, prog_name="deploykit", standalone_mode=False)
     except _Interrupted as exc:
@@ -569,6 +602,7 @@ def main(argv=None) -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = _previous_unraisablehook
 
 
 

@@ -24,6 +24,18 @@ _PROTOBUF_LIMIT = 2**31 - 1
 _VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
 # Outputs this process has fully written (renamed into place): an interrupted command reports them.
 WRITTEN: list[Path] = []
+# Temporaries (files, or staging folders) that exist right now: removed by `remove_pending` when a
+# signal has to end the process without unwinding the stack (see cli._on_unraisable).
+PENDING: set[Path] = set()
+
+
+def remove_pending() -> None:
+    for tmp in list(PENDING):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        PENDING.discard(tmp)
 
 
 def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
@@ -94,6 +106,7 @@ def atomic_path(path: str | os.PathLike, inputs=()) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
     os.close(fd)
     tmp = Path(tmp_name)
+    PENDING.add(tmp)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_current_umask())
@@ -102,6 +115,7 @@ def atomic_path(path: str | os.PathLike, inputs=()) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+        PENDING.discard(tmp)
 
 
 def load_model(path: str | os.PathLike, load_weights: bool = True):
@@ -165,6 +179,7 @@ def _staged_write(out: Path, write) -> Path:
     """`write(path)` into a private folder beside `out`, then its files renamed into place, the side file
     (OUT.data) before the model, so no reader sees a model whose weights are half-written."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    PENDING.add(staging)
     try:
         write(staging / out.name)
         mode = 0o666 & ~_current_umask()
@@ -175,6 +190,7 @@ def _staged_write(out: Path, write) -> Path:
         WRITTEN.append(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        PENDING.discard(staging)
     return out
 
 

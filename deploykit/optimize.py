@@ -136,12 +136,14 @@ def _staged(model):
     import onnx_ir as ir
 
     folder = Path(tempfile.mkdtemp(prefix="deploykit-stage-"))
+    io.PENDING.add(folder)
     try:
         path = folder / "model.onnx"
         ir.save(model, path, external_data="model.onnx.data", size_threshold_bytes=1024)
         yield str(path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        io.PENDING.discard(folder)
 
 
 def resolve_input_shapes(proto, given=None) -> dict[str, tuple[int, ...]]:

@@ -305,6 +305,32 @@ def test_sigterm_during_the_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_signal_python_cannot_raise_still_stops_the_command(tmp_path):
+    """A signal handled inside a weakref callback (CI once caught one in an import lock's cleanup) raises
+    where Python can only drop the exception: the command must still stop, exit 143 and remove its
+    temporary, not run on to exit 0."""
+    out = tmp_path / "digits.onnx"
+    # The signal is raised from a weakref callback at the moment the temporary is complete and not yet
+    # renamed (atomic_path asks for the umask then), which is where CI's SIGTERM landed.
+    script = f"""
+import signal, weakref
+from deploykit import cli, io
+umask = io._current_umask
+def umask_then_signal():
+    class Token: pass
+    token = Token()
+    ref = weakref.ref(token, lambda _: signal.raise_signal(signal.SIGTERM))
+    del token
+    return umask()
+io._current_umask = umask_then_signal
+cli.main(['export', 'digits', '-o', {str(out)!r}])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr.strip().splitlines() == ["error: interrupted by SIGTERM; nothing was written"], done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_interruption_after_the_output_is_complete_says_so(tmp_path):
     from deploykit import io
     from deploykit.cli import _interrupted_message

@@ -122,6 +122,7 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
                         dynamic_batching and max_batch_size > 0, preferred_batch_sizes, max_queue_delay_us,
                         instances, kind, gpu_accelerator)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))
+    io.PENDING.add(staging)
     try:
         (staging / str(version)).mkdir()
         _write_model(source, backend, staging / str(version) / MODEL_FILES[backend])
@@ -136,6 +137,7 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
             os.replace(staging, entry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        io.PENDING.discard(staging)
     return PackageResult(entry, entry / "config.pbtxt", entry / str(version) / MODEL_FILES[backend],
                          PLATFORMS[backend], max_batch_size, inputs, outputs)
 
