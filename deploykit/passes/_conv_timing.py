@@ -1,7 +1,8 @@
 """Measured latency of convolutions at their real shapes in ONNX Runtime on this machine, cached.
 
 The bottleneck pass asks what a KxK convolution costs and what its 1x1-reduce + KxK pair costs at
-a given rank. MACs answer only roughly: thin convolutions run below the machine's efficiency, so a
+a given rank, and the same of a fully-connected layer (a Gemm, spec "op": "gemm") and its two thin
+products. MACs answer only roughly: thin convolutions run below the machine's efficiency, so a
 pair with half the MACs can take more than half the time. Each answer here is a tiny one- or
 two-node model timed in ONNX Runtime (level ALL, batch 1), measured once per machine and shape and
 kept in the cache directory, keyed by the CPU, its vector extensions, ONNX Runtime's version and
@@ -78,7 +79,7 @@ class ConvTimer:
         if self.threads:
             opts.intra_op_num_threads = self.threads
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).standard_normal((1, spec["cin"], spec["h"], spec["w"])).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal(_input_shape(spec)).astype(np.float32)
         for _ in range(3):
             session.run(None, {"x": x})
         times, start = [], time.perf_counter()
@@ -90,25 +91,50 @@ class ConvTimer:
         return times[len(times) // 2]
 
 
+def _input_shape(spec: dict) -> tuple[int, ...]:
+    return (spec["rows"], spec["cin"]) if spec.get("op") == "gemm" else (1, spec["cin"], spec["h"], spec["w"])
+
+
+def _gemm_nodes(spec: dict, rank: int | None, rng) -> tuple[list, list]:
+    """x (rows, cin) -> Gemm (cin -> cout), or -> Gemm (cin -> rank) -> Gemm (rank -> cout), weights as
+    (out, in) with transB=1 as torch exports Linear."""
+    from onnx import helper, numpy_helper
+
+    inits, nodes, source = [], [], "x"
+    if rank is not None:
+        inits.append(numpy_helper.from_array(rng.standard_normal((rank, spec["cin"])).astype(np.float32), "a"))
+        nodes.append(helper.make_node("Gemm", ["x", "a"], ["reduced"], transB=1))
+        source = "reduced"
+    width = rank if rank is not None else spec["cin"]
+    inits += [numpy_helper.from_array(rng.standard_normal((spec["cout"], width)).astype(np.float32), "w"),
+              numpy_helper.from_array(np.zeros(spec["cout"], np.float32), "b")]
+    nodes.append(helper.make_node("Gemm", [source, "w", "b"], ["y"], transB=1))
+    return inits, nodes
+
+
 def _conv_model(spec: dict, rank: int | None):
     """x (1, cin, h, w) -> Conv KxK (cin -> cout), or -> Conv 1x1 (cin -> rank) -> Conv KxK (rank -> cout); each
     followed by Relu, as the layers it stands for usually are (ORT fuses it)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    k = spec["k"]
-    attrs = {"kernel_shape": [k, k], "strides": [spec["stride"]] * 2, "pads": spec["pads"],
-             "dilations": [spec["dilation"]] * 2}
-    inits, nodes, source = [], [], "x"
-    if rank is not None:
-        inits.append(numpy_helper.from_array(rng.standard_normal((rank, spec["cin"], 1, 1)).astype(np.float32), "a"))
-        nodes.append(helper.make_node("Conv", ["x", "a"], ["reduced"], kernel_shape=[1, 1]))
-        source = "reduced"
-    width = rank if rank is not None else spec["cin"]
-    inits += [numpy_helper.from_array(rng.standard_normal((spec["cout"], width, k, k)).astype(np.float32), "w"),
-              numpy_helper.from_array(np.zeros(spec["cout"], np.float32), "b")]
-    nodes += [helper.make_node("Conv", [source, "w", "b"], ["y"], **attrs), helper.make_node("Relu", ["y"], ["out"])]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, spec["cin"], spec["h"], spec["w"]])],
+    if spec.get("op") == "gemm":
+        inits, nodes = _gemm_nodes(spec, rank, rng)
+    else:
+        k = spec["k"]
+        attrs = {"kernel_shape": [k, k], "strides": [spec["stride"]] * 2, "pads": spec["pads"],
+                 "dilations": [spec["dilation"]] * 2}
+        inits, nodes, source = [], [], "x"
+        if rank is not None:
+            inits.append(numpy_helper.from_array(rng.standard_normal((rank, spec["cin"], 1, 1)).astype(np.float32), "a"))
+            nodes.append(helper.make_node("Conv", ["x", "a"], ["reduced"], kernel_shape=[1, 1]))
+            source = "reduced"
+        width = rank if rank is not None else spec["cin"]
+        inits += [numpy_helper.from_array(rng.standard_normal((spec["cout"], width, k, k)).astype(np.float32), "w"),
+                  numpy_helper.from_array(np.zeros(spec["cout"], np.float32), "b")]
+        nodes.append(helper.make_node("Conv", [source, "w", "b"], ["y"], **attrs))
+    nodes.append(helper.make_node("Relu", ["y"], ["out"]))
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(_input_shape(spec)))],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10

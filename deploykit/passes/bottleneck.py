@@ -77,6 +77,9 @@ class _Layer:
     spec: dict | None = None  # the shapes and attributes the timings are measured at (None: not timed)
     t_full: float | None = None  # measured seconds of the layer as it is, batch 1
     t_grid: dict | None = None  # rank -> measured seconds of the 1x1 + KxK pair
+    # "conv", or "gemm" / "matmul" for a fully-connected layer, its weight held as (Cout, Cin, 1, 1) and
+    # in_hw = out_hw = the rows it multiplies per sample (1 after a Flatten)
+    kind: str = "conv"
 
     def time(self, r=None) -> float | None:
         """Measured seconds at rank r (None: the layer as it is)."""
@@ -126,9 +129,14 @@ class _Layer:
 
     def min_rank(self) -> int:
         """The floor below which a factorisation is never chosen automatically: RANK_FLOOR channels, or
-        1/16 of the input channels if more, capped at what the layer has. A 3-channel RGB stem's floor
-        is its full rank, where the pair saves nothing: it is never cut to rank 1."""
-        return min(self.max_useful_rank(), max(RANK_FLOOR, math.ceil(self.cin / 16)))
+        1/16 of the input channels if more, capped at what the layer has. A layer with at most RANK_FLOOR
+        inputs (a 3-channel RGB stem) keeps its full rank, where the pair saves nothing: it is never cut to
+        rank 1. Between the two (9 to 31 input channels, the thin layers of small models such as the
+        digits CNN's 16-channel one) the floor is a quarter of the inputs: RANK_FLOOR there would be half
+        of them or more, and leave such a model nothing to cut."""
+        if self.cin <= RANK_FLOOR:
+            return self.max_useful_rank()
+        return min(self.max_useful_rank(), max(min(RANK_FLOOR, math.ceil(self.cin / 4)), math.ceil(self.cin / 16)))
 
 
 class UnreachableBudget(UserInputError):
@@ -186,7 +194,8 @@ class BottleneckPass(GraphPass):
         if self.layers:
             missing = set(self.layers) - {l.node.name for l in layers}
             if missing:
-                raise UserInputError(f"--bottleneck-layers: no plain Conv named {', '.join(sorted(missing))}; "
+                raise UserInputError(f"--bottleneck-layers: no plain Conv, Gemm or MatMul with a constant weight "
+                                     f"named {', '.join(sorted(missing))}; "
                                      "run 'deploykit inspect' for the names")
         if not layers:
             self.note("no convolution to factorise")
@@ -213,12 +222,15 @@ class BottleneckPass(GraphPass):
             self._replace(layer, r)
             self.chosen[layer.node.name] = {"rank": r, "macs_before": layer.macs(), "macs_after": layer.macs(r),
                                             "weight_error": layer.error(r)}
-            self.note(f"{layer.node.name}: {layer.cin}->{layer.cout} {int(math.sqrt(layer.kk))}x"
-                      f"{int(math.sqrt(layer.kk))} -> 1x1 {layer.cin}->{r} + {layer.cout}; MACs "
-                      f"{layer.macs():,} -> {layer.macs(r):,}; relative weight error {layer.error(r):.3f}")
+            shape = (f"fully-connected {layer.cin}->{layer.cout} -> {layer.cin}->{r}->{layer.cout}"
+                     if layer.kind != "conv" else
+                     f"{layer.cin}->{layer.cout} {int(math.sqrt(layer.kk))}x{int(math.sqrt(layer.kk))} -> 1x1 "
+                     f"{layer.cin}->{r} + {layer.cout}")
+            self.note(f"{layer.node.name}: {shape}; MACs {layer.macs():,} -> {layer.macs(r):,}; relative weight "
+                      f"error {layer.error(r):.3f}")
             changed += 1
         if changed:
-            self.note(f"factorised {changed} convolution(s)" + (" on calibration activations"
+            self.note(f"factorised {changed} layer(s)" + (" on calibration activations"
                                                               if self.calibration is not None else ""))
         return changed > 0
 
@@ -284,9 +296,18 @@ class BottleneckPass(GraphPass):
         out_shapes = {l.name: l.output_shape for l in report.layers}
         layers, grouped, skipped_pointwise = [], [], 0
         for node in model.graph:
-            if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "Gemm", "MatMul"):
                 continue
             if self.layers and node.name not in self.layers:
+                continue
+            if node.op_type != "Conv":
+                fc = _fully_connected(node, out_shapes, report.input_shapes)
+                if fc is None:
+                    continue
+                if self.mode not in MEASURED_MODES and not (self.layers and node.name in self.layers):
+                    skipped_pointwise += 1  # like a 1x1 conv: split in two it pays only where timed (or named)
+                    continue
+                layers.append(fc)
                 continue
             w = const(node.inputs[1])
             if w is None or w.ndim != 4:
@@ -312,8 +333,9 @@ class BottleneckPass(GraphPass):
             self.note(f"left {skipped_pointwise} strided or padded 1x1 convolution(s) as they are: the timings cover "
                       "1x1 layers at stride 1 without padding (name one in --bottleneck-layers to factorise it)")
         elif skipped_pointwise:
-            self.note(f"left {skipped_pointwise} 1x1 convolution(s) as they are: split in two they often run slower "
-                      "than their MACs say, so only macs= and time=, which time them, or --bottleneck-layers take them")
+            self.note(f"left {skipped_pointwise} 1x1 convolution(s) and fully-connected layer(s) as they are: split in "
+                      "two they often run slower than their MACs say, so only macs= and time=, which time them, or "
+                      "--bottleneck-layers take them")
         if grouped:
             # A grouped conv already has 1/groups of a dense conv's weights per output; its per-group
             # matrices are small, and a depthwise one (Cin/groups = 1) has no rank to cut.
@@ -364,7 +386,7 @@ class BottleneckPass(GraphPass):
             l.t_grid = {r: timer.pair(l.spec, r) for r in ranks}
         timer.save()
         timed = sum(1 for l in layers if l.t_full is not None)
-        self.note(f"timed {timed} convolution(s) and their pairs at their shapes in ONNX Runtime on this machine "
+        self.note(f"timed {timed} layer(s) and their pairs at their shapes in ONNX Runtime on this machine "
                   f"({timer.measured} measured now, the rest from the cache)")
 
     def _time_budget(self, layers: list[_Layer], model: ir.Model) -> dict[str, int]:
@@ -473,8 +495,9 @@ class BottleneckPass(GraphPass):
             reachable = f"macs={math.ceil(cost / total * 100) / 100:g}"
             raise UnreachableBudget(
                 f"--bottleneck macs={self.value:g} cannot be reached: factorising the dense KxK convolutions down to "
-                f"their rank floor (at least {RANK_FLOOR} channels) and the 1x1 ones as far as their measured time "
-                f"pays leaves {cost / total:.2f} of the MACs; ask for {reachable} or more", reachable)
+                f"their rank floor ({RANK_FLOOR} channels, a quarter of a thinner layer's) and the 1x1 and "
+                f"fully-connected ones as far as their measured time pays leaves {cost / total:.2f} of the MACs; ask "
+                f"for {reachable} or more", reachable)
         return {k: v for k, v in choice.items() if v is not None}
 
     def _replace(self, layer: _Layer, r: int) -> None:
@@ -483,6 +506,9 @@ class BottleneckPass(GraphPass):
         if layer.whiten_inv is not None:
             a = a @ layer.whiten_inv
         b = layer.u[:, :r] * layer.s[:r]  # (Cout*K*K, r)
+        if layer.kind != "conv":
+            self._replace_fully_connected(layer, r, a, b)
+            return
         kh, kw = layer.weight.shape[2:]
         dtype = layer.weight.dtype
         a_val = add_initializer(graph, f"{node.name}_reduce_weight", a.reshape(r, layer.cin, 1, 1).astype(dtype))
@@ -498,6 +524,28 @@ class BottleneckPass(GraphPass):
         replace_value(node.outputs[0], expand.outputs[0])
         graph.remove(node, safe=True)
 
+    def _replace_fully_connected(self, layer: _Layer, r: int, a: np.ndarray, b: np.ndarray) -> None:
+        """W (Cout x Cin) ~= B A: X -> X A^T (r wide) -> (X A^T) B^T, keeping Gemm's bias, alpha and beta on the
+        second product, where they apply to the whole of X W^T."""
+        node, graph = layer.node, layer.node.graph
+        dtype = layer.weight.dtype
+        if layer.kind == "gemm":
+            a_val = add_initializer(graph, f"{node.name}_reduce_weight", a.astype(dtype))  # (r, Cin), transB=1
+            b_val = add_initializer(graph, f"{node.name}_expand_weight", b.astype(dtype))  # (Cout, r), transB=1
+            reduce = ir.node("Gemm", [node.inputs[0], a_val], {"transB": 1}, name=f"{node.name}_reduce")
+            attrs = {k: v.value for k, v in node.attributes.items() if k in ("alpha", "beta")}
+            bias = [node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] is not None else []
+            expand = ir.node("Gemm", [reduce.outputs[0], b_val, *bias], {**attrs, "transB": 1},
+                             name=f"{node.name}_expand")
+        else:
+            a_val = add_initializer(graph, f"{node.name}_reduce_weight", np.ascontiguousarray(a.T).astype(dtype))
+            b_val = add_initializer(graph, f"{node.name}_expand_weight", np.ascontiguousarray(b.T).astype(dtype))
+            reduce = ir.node("MatMul", [node.inputs[0], a_val], name=f"{node.name}_reduce")
+            expand = ir.node("MatMul", [reduce.outputs[0], b_val], name=f"{node.name}_expand")
+        graph.insert_before(node, [reduce, expand])
+        replace_value(node.outputs[0], expand.outputs[0])
+        graph.remove(node, safe=True)
+
     def _whiten(self, model: ir.Model, layers: list[_Layer]) -> None:
         """C^(1/2) and C^(-1/2) of each layer's input channels, from calibration activations."""
         from ..calibration import load_calibration, layer_inputs
@@ -505,8 +553,9 @@ class BottleneckPass(GraphPass):
         data = load_calibration(self.calibration, model)
         acts = layer_inputs(model, [l.node.inputs[0].name for l in layers], data)
         for l in layers:
-            x = acts[l.node.inputs[0].name]  # (N, Cin, H, W)
-            flat = x.transpose(1, 0, 2, 3).reshape(l.cin, -1).astype(np.float64)
+            x = acts[l.node.inputs[0].name]  # (N, Cin, H, W), or (..., Cin) into a fully-connected layer
+            flat = (x.transpose(1, 0, 2, 3).reshape(l.cin, -1) if l.kind == "conv" else x.reshape(-1, l.cin).T)
+            flat = flat.astype(np.float64)
             cov = flat @ flat.T / flat.shape[1]
             evals, evecs = np.linalg.eigh(cov)
             evals = np.maximum(evals, 1e-6 * max(float(evals.max()), 1e-12))
@@ -523,6 +572,28 @@ def _pays(layer: _Layer, r: int, every_layer: bool = False) -> bool:
         return True
     t = layer.time(r) if layer.t_grid else None
     return t is not None and layer.t_full - t >= PAYOFF * layer.t_full * (1 - layer.macs(r) / layer.macs())
+
+
+def _fully_connected(node: ir.Node, out_shapes: dict, graph_input_shapes: dict) -> _Layer | None:
+    """A Gemm (X W^T or X B, transA=0) or MatMul (X B, X of any rank) with a constant 2-D weight, as a _Layer;
+    None for any other product (two activations, a transposed X, a batched weight)."""
+    w = const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
+        return None
+    if node.op_type == "Gemm":
+        if attr(node, "transA", 0):
+            return None
+        weight = w if attr(node, "transB", 0) else w.T  # (Cout, Cin)
+        kind = "gemm"
+    else:
+        weight, kind = w.T, "matmul"
+    producer = node.inputs[0].producer()
+    in_shape = out_shapes.get(producer.name) if producer is not None else graph_input_shapes.get(node.inputs[0].name)
+    if not in_shape or len(in_shape) < 2 or in_shape[-1] != weight.shape[1]:
+        return None
+    rows = int(np.prod(in_shape[1:-1])) if len(in_shape) > 2 else 1  # per sample: batch 1, as the timings are
+    spec = {"op": "gemm", "cin": int(weight.shape[1]), "cout": int(weight.shape[0]), "rows": rows}
+    return _Layer(node, np.ascontiguousarray(weight)[:, :, None, None], rows, rows, spec=spec, kind=kind)
 
 
 def _timing_spec(node: ir.Node, weight: np.ndarray, in_shape) -> dict | None:

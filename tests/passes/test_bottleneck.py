@@ -128,7 +128,7 @@ def test_layer_filter():
     p = BottleneckPass("ratio", 0.25, layers=["c2"])
     p(model)
     assert list(p.chosen) == ["c2"]
-    with pytest.raises(UserInputError, match="no plain Conv named nope"):
+    with pytest.raises(UserInputError, match="no plain Conv, Gemm or MatMul with a constant weight named nope"):
         BottleneckPass("ratio", 0.25, layers=["nope"])(to_ir(_two_layer_model()))
 
 
@@ -194,7 +194,7 @@ def test_time_budget_uses_measured_timings_cached_per_machine(tmp_path, monkeypa
     found = re.search(r"the chosen ranks run in (\d\.\d\d) of it, timed beside the model as it is \([1-3] check\(s\), "
                       r"predicted -> measured: ([\d., >-]+)\)", notes)
     assert found and found.group(1) in re.findall(r"-> (\d\.\d\d)", found.group(2))  # one of the checked ranks
-    assert "3 convolution(s)" in notes and "0 measured now" not in notes
+    assert "timed 3 layer(s)" in notes and "0 measured now" not in notes
     import json
 
     stored = json.loads((tmp_path / "conv-timings.json").read_text())
@@ -249,12 +249,12 @@ def test_measured_budgets_consider_one_by_one_layers(tmp_path, monkeypatch):
     ratio = BottleneckPass("ratio", 0.25)
     ratio(to_ir(proto))
     assert list(ratio.chosen) == ["spatial"]  # unmeasured modes leave unnamed 1x1 layers alone
-    assert any("left 2 1x1 convolution(s) as they are" in n for n in ratio.notes)
+    assert any("left 2 1x1 convolution(s) and fully-connected layer(s) as they are" in n for n in ratio.notes)
 
     model = to_ir(proto)
     timed = BottleneckPass("time", 0.6)
     timed(model)
-    assert any("timed 3 convolution(s)" in n for n in timed.notes)  # the 1x1 layers are timed candidates
+    assert any("timed 3 layer(s)" in n for n in timed.notes)  # the 1x1 layers are timed candidates
     for name, chosen in timed.chosen.items():
         assert name in names and chosen["macs_after"] < chosen["macs_before"]
     # Whatever the timings chose is the rank-r factorisation: the output stays near the source's.
@@ -279,3 +279,99 @@ def test_a_one_by_one_rank_is_taken_under_macs_only_where_its_time_pays():
     spatial = _Layer(node=None, weight=np.zeros((64, 64, 3, 3), np.float32), in_hw=196, out_hw=196, t_full=1e-3,
                      t_grid={16: 0.9e-3})
     assert _pays(spatial, 16)  # KxK layers are taken on their MACs, as before timings existed
+
+
+def _fully_connected(op, cin=48, cout=40, rows=None, seed=0, trans_b=1, alpha=1.0, beta=1.0):
+    """One fully-connected layer as exporters write it: Gemm (bias, alpha, beta, either weight layout) or a
+    MatMul over a 3-D input (a transformer's tokens)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cout, cin)).astype(np.float32)  # (out, in)
+    if op == "Gemm":
+        inits = [("w", w if trans_b else np.ascontiguousarray(w.T)), ("c", rng.standard_normal(cout).astype(np.float32))]
+        node = helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", transB=trans_b, alpha=alpha, beta=beta)
+        shape_in, shape_out = [2, cin], [2, cout]
+    else:
+        inits = [("w", np.ascontiguousarray(w.T))]
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")
+        shape_in, shape_out = [2, rows, cin], [2, rows, cout]
+    return make_model([node], [tensor_info("x", shape_in)], [tensor_info("y", shape_out)], inits), w, inits
+
+
+@pytest.mark.parametrize("op,trans_b,alpha,beta,rows", [("Gemm", 1, 1.0, 1.0, None), ("Gemm", 0, 0.5, 2.0, None),
+                                                         ("MatMul", None, None, None, 7)])
+def test_a_named_fully_connected_layer_becomes_its_best_rank_r_product(op, trans_b, alpha, beta, rows):
+    """X W^T (alpha, beta, bias as written) against float64 numpy with W's truncated SVD at rank r."""
+    kwargs = {} if op == "MatMul" else {"trans_b": trans_b, "alpha": alpha, "beta": beta}
+    proto, w, inits = _fully_connected(op, rows=rows, **kwargs)
+    r = 12
+    model = to_ir(proto)
+    p = BottleneckPass("rank", r, layers=["fc"])
+    assert p(model).modified and ops(model) == [op, op]
+    assert "fully-connected 48->40 -> 48->12->40" in " ".join(p.notes)
+    x = np.random.default_rng(1).standard_normal([2, 48] if op == "Gemm" else [2, rows, 48]).astype(np.float32)
+    u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    best = (u[:, :r] * s[:r]) @ vt[:r]
+    expected = x.astype(np.float64) @ best.T
+    if op == "Gemm":
+        expected = alpha * expected + beta * dict(inits)["c"].astype(np.float64)
+    np.testing.assert_allclose(ort_run(model, {"x": x})[0], expected, rtol=1e-4, atol=1e-4)
+    assert inspect_model(ir_proto(model)).totals.macs < inspect_model(proto).totals.macs
+
+
+def ir_proto(model):
+    import onnx_ir as ir
+
+    return ir.to_proto(model)
+
+
+def test_fully_connected_layers_are_left_alone_unless_named_or_timed():
+    proto, _, _ = _fully_connected("Gemm")
+    p = BottleneckPass("ratio", 0.25)
+    assert not p(to_ir(proto)).modified
+    assert any("fully-connected layer(s) as they are" in n for n in p.notes)
+
+
+def test_data_aware_fit_of_a_fully_connected_layer_fits_the_data_better(tmp_path):
+    """With calibration images whose flattened pixels are correlated, the whitened fit has the smaller error
+    on them than the weights-only SVD at the same rank (it minimises ||(W - W') X||: Eckart-Young on the data)."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((32, 32)).astype(np.float32)
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "w"], ["y"], name="fc", transB=1)]
+    proto = make_model(nodes, [tensor_info("x", ["N", 8, 2, 2])], [tensor_info("y", ["N", 32])], [("w", w)])
+    mixing = rng.standard_normal((32, 32)) * np.geomspace(1, 0.01, 32)  # a few directions carry most of x
+    x = (rng.standard_normal((256, 32)) @ mixing.T).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x.reshape(256, 8, 2, 2))
+    reference = x.astype(np.float64) @ w.T.astype(np.float64)
+    errors = {}
+    for calibration in (None, str(tmp_path / "calib.npy")):
+        model = to_ir(proto)
+        p = BottleneckPass("rank", 6, layers=["fc"], calibration=calibration, input_shape=(1, 8, 2, 2))
+        assert p(model).modified
+        errors[calibration] = np.linalg.norm(ort_run(model, {"x": x.reshape(256, 8, 2, 2)})[0] - reference)
+    assert errors[str(tmp_path / "calib.npy")] < 0.5 * errors[None]
+
+
+def _weight_heavy_head():
+    """VGG's classifier at a smaller width: Gemm 2048 -> 2048, ReLU, Gemm 2048 -> 10. At batch 1 the first
+    product reads 16 MiB of weights for 4M MACs: its time is the weight traffic that a low rank cuts."""
+    rng = np.random.default_rng(3)
+    inits = [("w1", (rng.standard_normal((2048, 2048)) / 45).astype(np.float32)),
+             ("b1", np.zeros(2048, np.float32)),
+             ("w2", (rng.standard_normal((10, 2048)) / 45).astype(np.float32))]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("Gemm", ["hr", "w2"], ["y"], name="fc2", transB=1)]
+    return make_model(nodes, [tensor_info("x", [1, 2048])], [tensor_info("y", [1, 10])], inits)
+
+
+def test_a_time_budget_factorises_a_weight_bound_fully_connected_layer(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path))
+    proto = _weight_heavy_head()
+    model = to_ir(proto)
+    p = BottleneckPass.from_spec("time=0.6")
+    assert p(model).modified
+    assert "fc1" in p.chosen and p.chosen["fc1"]["macs_after"] < p.chosen["fc1"]["macs_before"]
+    notes = " ".join(p.notes)
+    found = re.search(r"the chosen ranks run in (\d\.\d\d) of it", notes)
+    assert found and float(found.group(1)) < 0.8, notes  # measured on the whole model, beside the source
