@@ -58,6 +58,7 @@ MODES = ("rank", "ratio", "energy", "macs", "time")
 MEASURED_MODES = ("macs", "time")  # the modes that time each candidate and choose among the timed ranks
 PAYOFF = 0.9  # under macs=, a rank pays when its share of time saved is at least this times its share of MACs saved
 RANK_FLOOR = 8
+RAISED_KEEP = 0.9  # a raised rank is kept only while its pair costs at most this share of the layer's MACs
 RAISE_STEPS = 8  # rank raises tried under an accuracy budget: step k moves every rank k/8 of the way to break-even
 GRID_POINTS = 12  # at most this many ranks timed per layer, between its floor and its break-even rank
 TIME_CHECKS = 3  # time=F: factorised models timed beside the source to correct the layer timings' prediction
@@ -252,9 +253,14 @@ class BottleneckPass(GraphPass):
                 return dict(ranks)
             out = {}
             for name, r in ranks.items():
-                top = by_name[name].break_even_rank()
+                layer = by_name[name]
+                top = layer.break_even_rank()
                 if step < RAISE_STEPS and r < top:
-                    out[name] = math.ceil(r + (top - r) * step / RAISE_STEPS)
+                    r = math.ceil(r + (top - r) * step / RAISE_STEPS)
+                    # Raised this near break-even, a pair saves under a tenth of the layer's MACs for a second
+                    # product and the error it adds: the layer is left whole instead.
+                    if layer.macs(r) <= RAISED_KEEP * layer.macs():
+                        out[name] = r
             return out
 
         def drop_at(step: int) -> float:
