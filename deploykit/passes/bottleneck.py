@@ -616,40 +616,35 @@ def _timing_spec(node: ir.Node, weight: np.ndarray, in_shape) -> dict | None:
 
 
 class _Timer:
-    """Batch-1 latency of whole models in ONNX Runtime (level ALL, as deploykit's Engine and bench run them),
-    and the ratio of a candidate's to the source's, measured interleaved in a fresh process.
+    """Batch-1 latency of whole models in ONNX Runtime (level ALL, spin-waiting on: as deploykit's Engine and
+    bench run them), and the ratio of a candidate's to the source's: one fresh process per model per round,
+    the two models taking turns round by round so that the machine's drift falls on both.
 
     A fresh process, because the calling one is not a clean place to time: the same ResNet-18 check read
     0.33 of the source in a process that had just exported with torch and 0.53 in one that had not (0.51
-    in separate processes). Spin-waiting is off where two sessions take turns: with it on, the idle
-    one's threads keep spinning into the other's runs (ResNet-50 read 0.50 that way, 0.32 without). The
-    source timed alone spins, as ORT does by default and as the layer timings were taken."""
+    in separate processes). One session per process, because two in one process interfere: with
+    spin-waiting on, the idle one's threads spin into the other's runs (ResNet-50 read 0.50 that way,
+    0.32 alone), and with it off the check no longer times what bench and Engine run (spinning favours a
+    factorised model's many small kernels: ResNet-50's time=0.5 checked at 0.50 that way and ran 2.34x
+    faster in bench)."""
 
     ROUNDS = 5
     ROUND_SECONDS = 0.15  # and at least 3 runs per model per round
 
     _SCRIPT = r"""
 import sys, time, numpy as np, onnxruntime as ort
-rounds, seconds, feeds = int(sys.argv[1]), float(sys.argv[2]), dict(np.load(sys.argv[3]))
-sessions = []
-for path in sys.argv[4:]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if len(sys.argv) > 5:  # sessions taking turns: no spin-waiting (a lone one spins, as the layer timings did)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions.append(ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]))
-    for _ in range(3):
-        sessions[-1].run(None, feeds)
-times = [[] for _ in sessions]
-for _ in range(rounds):
-    for session, out in zip(sessions, times):
-        start, runs = time.perf_counter(), 0
-        while runs < 3 or time.perf_counter() - start < seconds:
-            t = time.perf_counter()
-            session.run(None, feeds)
-            out.append(time.perf_counter() - t)
-            runs += 1
-print(" ".join(str(float(np.median(t))) for t in times))
+seconds, feeds = float(sys.argv[1]), dict(np.load(sys.argv[2]))
+opts = ort.SessionOptions()
+opts.log_severity_level = 3
+session = ort.InferenceSession(sys.argv[3], opts, providers=["CPUExecutionProvider"])
+for _ in range(3):
+    session.run(None, feeds)
+times, start = [], time.perf_counter()
+while len(times) < 3 or time.perf_counter() - start < seconds:
+    t = time.perf_counter()
+    session.run(None, feeds)
+    times.append(time.perf_counter() - t)
+print(" ".join(map(str, times)))
 """
 
     def __init__(self, source, input_shapes):
@@ -687,12 +682,17 @@ print(" ".join(str(float(np.median(t))) for t in times))
 
         from ..errors import DeploykitError
 
-        done = subprocess.run([sys.executable, "-c", self._SCRIPT, str(self.ROUNDS), str(self.ROUND_SECONDS),
-                               str(self._feeds), *map(str, paths)], capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DeploykitError(f"--bottleneck time=: timing the factorised model in a fresh process failed: {last}")
-        return [float(v) for v in done.stdout.split()]
+        samples = [[] for _ in paths]
+        for _ in range(self.ROUNDS):
+            for path, out in zip(paths, samples):
+                done = subprocess.run([sys.executable, "-c", self._SCRIPT, str(self.ROUND_SECONDS), str(self._feeds),
+                                       str(path)], capture_output=True, text=True)
+                if done.returncode != 0:
+                    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    raise DeploykitError(f"--bottleneck time=: timing the factorised model in a fresh process "
+                                         f"failed: {last}")
+                out += [float(v) for v in done.stdout.split()]
+        return [float(np.median(t)) for t in samples]
 
     def seconds(self) -> float:
         """The source's median latency."""
