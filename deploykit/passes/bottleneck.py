@@ -558,15 +558,25 @@ class BottleneckPass(GraphPass):
 
         data = load_calibration(self.calibration, model)
         acts = layer_inputs(model, [l.node.inputs[0].name for l in layers], data)
+        unfitted = 0
         for l in layers:
             x = acts[l.node.inputs[0].name]  # (N, Cin, H, W), or (..., Cin) into a fully-connected layer
             flat = (x.transpose(1, 0, 2, 3).reshape(l.cin, -1) if l.kind == "conv" else x.reshape(-1, l.cin).T)
+            if flat.shape[1] < l.cin:
+                # Fewer input vectors than channels (an FC layer after a Flatten sees one per sample: VGG-16's
+                # first has 25,088 inputs): the covariance is singular, says nothing about most directions,
+                # and at that width would take 5 GB a matrix. Such a layer is fitted on its weights alone.
+                unfitted += 1
+                continue
             flat = flat.astype(np.float64)
             cov = flat @ flat.T / flat.shape[1]
             evals, evecs = np.linalg.eigh(cov)
             evals = np.maximum(evals, 1e-6 * max(float(evals.max()), 1e-12))
             l.whiten = (evecs * np.sqrt(evals)) @ evecs.T
             l.whiten_inv = (evecs / np.sqrt(evals)) @ evecs.T
+        if unfitted:
+            self.note(f"fitted {unfitted} layer(s) on their weights alone: the calibration data gives them fewer "
+                      "input vectors than they have input channels")
 
 
 def _pays(layer: _Layer, r: int, every_layer: bool = False) -> bool:

@@ -350,6 +350,15 @@ def test_data_aware_fit_of_a_fully_connected_layer_fits_the_data_better(tmp_path
         assert p(model).modified
         errors[calibration] = np.linalg.norm(ort_run(model, {"x": x.reshape(256, 8, 2, 2)})[0] - reference)
     assert errors[str(tmp_path / "calib.npy")] < 0.5 * errors[None]
+    # Fewer samples than input channels (VGG-16's first FC: 25,088 inputs, one vector a sample) give a
+    # singular covariance: that layer is fitted on its weights, with a note, not whitened by noise.
+    np.save(tmp_path / "few.npy", x[:16].reshape(16, 8, 2, 2))
+    model = to_ir(proto)
+    p = BottleneckPass("rank", 6, layers=["fc"], calibration=str(tmp_path / "few.npy"), input_shape=(1, 8, 2, 2))
+    assert p(model).modified
+    assert any("fitted 1 layer(s) on their weights alone" in n for n in p.notes)
+    few = np.linalg.norm(ort_run(model, {"x": x.reshape(256, 8, 2, 2)})[0] - reference)
+    assert few == pytest.approx(errors[None], rel=1e-4)
 
 
 def _weight_heavy_head():
