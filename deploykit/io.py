@@ -29,13 +29,28 @@ WRITTEN: list[Path] = []
 PENDING: set[Path] = set()
 
 
+def _remove(tmp: Path) -> None:
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+    PENDING.discard(tmp)
+
+
 def remove_pending() -> None:
     for tmp in list(PENDING):
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        PENDING.discard(tmp)
+        _remove(tmp)
+
+
+@contextlib.contextmanager
+def temporary(path: Path) -> Iterator[Path]:
+    """`path` (a temporary file or folder that exists) held in PENDING while the block runs, removed after
+    it, whether the block succeeded or not: what it should keep, it renames away first."""
+    PENDING.add(path)
+    try:
+        yield path
+    finally:
+        _remove(path)
 
 
 def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
@@ -105,17 +120,11 @@ def atomic_path(path: str | os.PathLike, inputs=()) -> Iterator[Path]:
     out = check_output_path(path, inputs)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
     os.close(fd)
-    tmp = Path(tmp_name)
-    PENDING.add(tmp)
-    try:
+    with temporary(Path(tmp_name)) as tmp:
         yield tmp
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, out)
         WRITTEN.append(out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-        PENDING.discard(tmp)
 
 
 def load_model(path: str | os.PathLike, load_weights: bool = True):
@@ -178,9 +187,7 @@ def save_model(model, path: str | os.PathLike, external_weights: bool = False, i
 def _staged_write(out: Path, write) -> Path:
     """`write(path)` into a private folder beside `out`, then its files renamed into place, the side file
     (OUT.data) before the model, so no reader sees a model whose weights are half-written."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    PENDING.add(staging)
-    try:
+    with temporary(Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))) as staging:
         write(staging / out.name)
         mode = 0o666 & ~_current_umask()
         for name in (out.name + ".data", out.name):
@@ -188,9 +195,6 @@ def _staged_write(out: Path, write) -> Path:
                 os.chmod(staging / name, mode)
                 os.replace(staging / name, out.parent / name)
         WRITTEN.append(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        PENDING.discard(staging)
     return out
 
 

@@ -10,7 +10,6 @@ int8) reports its deviation and fails only above max_error, when one is given.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -135,15 +134,10 @@ def _staged(model):
     """`model` (onnx_ir) saved to a private temporary folder, weights over 1 KiB in a side file; yields the path."""
     import onnx_ir as ir
 
-    folder = Path(tempfile.mkdtemp(prefix="deploykit-stage-"))
-    io.PENDING.add(folder)
-    try:
+    with io.temporary(Path(tempfile.mkdtemp(prefix="deploykit-stage-"))) as folder:
         path = folder / "model.onnx"
         ir.save(model, path, external_data="model.onnx.data", size_threshold_bytes=1024)
         yield str(path)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        io.PENDING.discard(folder)
 
 
 def resolve_input_shapes(proto, given=None) -> dict[str, tuple[int, ...]]:

@@ -121,23 +121,17 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
     text = _config_text(name, backend, max_batch_size, inputs, outputs,
                         dynamic_batching and max_batch_size > 0, preferred_batch_sizes, max_queue_delay_us,
                         instances, kind, gpu_accelerator)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))
-    io.PENDING.add(staging)
-    try:
+    with io.temporary(Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))) as staging:
         (staging / str(version)).mkdir()
         _write_model(source, backend, staging / str(version) / MODEL_FILES[backend])
         (staging / "config.pbtxt").write_text(text)
         os.chmod(staging, 0o777 & ~_umask())
         if entry.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=repo))
-            os.replace(entry, old / name)
-            os.replace(staging, entry)
-            shutil.rmtree(old, ignore_errors=True)
+            with io.temporary(Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=repo))) as old:
+                os.replace(entry, old / name)
+                os.replace(staging, entry)
         else:
             os.replace(staging, entry)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        io.PENDING.discard(staging)
     return PackageResult(entry, entry / "config.pbtxt", entry / str(version) / MODEL_FILES[backend],
                          PLATFORMS[backend], max_batch_size, inputs, outputs)
 
