@@ -112,27 +112,32 @@ def _gemm_nodes(spec: dict, rank: int | None, rng) -> tuple[list, list]:
     return inits, nodes
 
 
+def _conv_nodes(spec: dict, rank: int | None, rng) -> tuple[list, list]:
+    """x (1, cin, h, w) -> Conv KxK (cin -> cout), or -> Conv 1x1 (cin -> rank) -> Conv KxK (rank -> cout)."""
+    from onnx import helper, numpy_helper
+
+    k = spec["k"]
+    attrs = {"kernel_shape": [k, k], "strides": [spec["stride"]] * 2, "pads": spec["pads"],
+             "dilations": [spec["dilation"]] * 2}
+    inits, nodes, source = [], [], "x"
+    if rank is not None:
+        inits.append(numpy_helper.from_array(rng.standard_normal((rank, spec["cin"], 1, 1)).astype(np.float32), "a"))
+        nodes.append(helper.make_node("Conv", ["x", "a"], ["reduced"], kernel_shape=[1, 1]))
+        source = "reduced"
+    width = rank if rank is not None else spec["cin"]
+    inits += [numpy_helper.from_array(rng.standard_normal((spec["cout"], width, k, k)).astype(np.float32), "w"),
+              numpy_helper.from_array(np.zeros(spec["cout"], np.float32), "b")]
+    nodes.append(helper.make_node("Conv", [source, "w", "b"], ["y"], **attrs))
+    return inits, nodes
+
+
 def _conv_model(spec: dict, rank: int | None):
-    """x (1, cin, h, w) -> Conv KxK (cin -> cout), or -> Conv 1x1 (cin -> rank) -> Conv KxK (rank -> cout); each
-    followed by Relu, as the layers it stands for usually are (ORT fuses it)."""
-    from onnx import TensorProto, helper, numpy_helper
+    """The layer (or its pair at `rank`) as a model: _conv_nodes or _gemm_nodes, followed by Relu, as the
+    layers it stands for usually are (ORT fuses it)."""
+    from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    if spec.get("op") == "gemm":
-        inits, nodes = _gemm_nodes(spec, rank, rng)
-    else:
-        k = spec["k"]
-        attrs = {"kernel_shape": [k, k], "strides": [spec["stride"]] * 2, "pads": spec["pads"],
-                 "dilations": [spec["dilation"]] * 2}
-        inits, nodes, source = [], [], "x"
-        if rank is not None:
-            inits.append(numpy_helper.from_array(rng.standard_normal((rank, spec["cin"], 1, 1)).astype(np.float32), "a"))
-            nodes.append(helper.make_node("Conv", ["x", "a"], ["reduced"], kernel_shape=[1, 1]))
-            source = "reduced"
-        width = rank if rank is not None else spec["cin"]
-        inits += [numpy_helper.from_array(rng.standard_normal((spec["cout"], width, k, k)).astype(np.float32), "w"),
-                  numpy_helper.from_array(np.zeros(spec["cout"], np.float32), "b")]
-        nodes.append(helper.make_node("Conv", [source, "w", "b"], ["y"], **attrs))
+    inits, nodes = (_gemm_nodes if spec.get("op") == "gemm" else _conv_nodes)(spec, rank, rng)
     nodes.append(helper.make_node("Relu", ["y"], ["out"]))
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(_input_shape(spec)))],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
