@@ -415,7 +415,7 @@ class BottleneckPass(GraphPass):
                 if cost > aim * seen and not checks:
                     reachable = f"time={min(1.0, math.ceil((cost / seen + 0.03) * 100) / 100):g}"
                     raise UnreachableBudget(
-                        f"--bottleneck time={self.value:g} cannot be reached: factorising every timed convolution "
+                        f"--bottleneck time={self.value:g} cannot be reached: factorising every timed layer "
                         f"down to its rank floor leaves {cost / seen:.2f} of the measured time ({total * 1e3:.3g} ms "
                         f"at batch 1); ask for {reachable} or more (a margin for the run-to-run noise of the measured "
                         "latency)", reachable)
