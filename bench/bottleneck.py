@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved, machine_line, time_onnx  # noqa: E402
+from _timing import interleaved_medians, machine_line, time_onnx  # noqa: E402
 
 from deploykit import export  # noqa: E402
 from deploykit.errors import DeploykitError  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> None:
                 notes.append(f"{model} `{spec}`: {found}")
                 print(f"{model} {spec}: {found}", flush=True)
             macs = {name: inspect_model(path).totals.macs for name, path in variants.items()}
-            medians = interleaved(variants, args.rounds, lambda p: time_onnx(p, (1, 3, 224, 224), args.iterations))
+            medians = interleaved_medians(variants, args.rounds, lambda p: time_onnx(p, (1, 3, 224, 224), args.iterations))
             base = "default passes"
             for name in variants:
                 if name == base:

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "tests"))
-from _timing import interleaved, machine_line, time_onnx  # noqa: E402
+from _timing import interleaved_medians, machine_line, time_onnx  # noqa: E402
 
 from deploykit import export  # noqa: E402
 from deploykit.errors import DeploykitError  # noqa: E402
@@ -146,7 +146,7 @@ def main() -> None:
                     results[label]["lines"] = _lines(name.split()[-1], out, pages, originals)
                 variants[label] = out
                 print(f"{name} / {label}: {results[label]}", flush=True)
-            medians = interleaved(variants, args.rounds, lambda p: time_onnx(p, shape, args.iterations))
+            medians = interleaved_medians(variants, args.rounds, lambda p: time_onnx(p, shape, args.iterations))
             for label, r in results.items():
                 if "refused" not in r:
                     r["speed"] = medians["fp32"] / medians[label]

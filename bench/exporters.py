@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved, machine_line, time_onnx  # noqa: E402
+from _timing import interleaved_medians, machine_line, time_onnx  # noqa: E402
 
 def export_variant(model_name, variant, path):
     import torch
@@ -63,7 +63,7 @@ def main():
             for _ in range(max(1, args.rounds // 2)):
                 for v in variants:
                     export_times[v].append(export_variant(name, v, paths[v]))
-            latencies = interleaved({v: paths[v] for v in variants}, args.rounds,
+            latencies = interleaved_medians({v: paths[v] for v in variants}, args.rounds,
                                     lambda p: time_onnx(p, (1, 3, 224, 224), args.iterations))
             base_export = statistics.median(export_times["torchscript"])
             base_lat = latencies["torchscript"]

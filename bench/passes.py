@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved, machine_line, time_onnx  # noqa: E402
+from _timing import interleaved_medians, machine_line, time_onnx  # noqa: E402
 
 from deploykit import export  # noqa: E402
 from deploykit.inspect import inspect_model  # noqa: E402
@@ -71,7 +71,7 @@ def main():
         macs = {name: inspect_model(variants["default passes"][0] if "ort-layout" in name else path,
                                     (1, 3, 224, 224)).totals.macs for name, (path, _) in variants.items()}
         for batch in (1, 8):
-            med = interleaved(variants, args.rounds,
+            med = interleaved_medians(variants, args.rounds,
                               lambda spec: time_onnx(spec[0], (batch, 3, 224, 224), args.iterations, spec[1]))
             base = med["raw export"]
             lines += [f"## ResNet-18, batch {batch}", "",
@@ -103,7 +103,7 @@ def sliding(tmp: Path, args) -> list[str]:
     image = np.random.default_rng(0).standard_normal((1, 3, 384, 384)).astype(np.float32)
     n_crops = len(crops(image, (224, 224), 32))
     rounds = max(2, args.rounds // 2)
-    med = interleaved({"slide": (converted, (1, 3, 384, 384)), "crops": (raw, (n_crops, 3, 224, 224))}, rounds,
+    med = interleaved_medians({"slide": (converted, (1, 3, 384, 384)), "crops": (raw, (n_crops, 3, 224, 224))}, rounds,
                       lambda spec: time_onnx(spec[0], spec[1], 3))
     sm = sliding_model(converted)
     start = time.perf_counter()

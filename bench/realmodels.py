@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "tests"))
-from _timing import interleaved, machine_line, time_onnx  # noqa: E402
+from _timing import interleaved_medians, machine_line, time_onnx  # noqa: E402
 
 from deploykit import DeploykitError, export  # noqa: E402
 from deploykit.optimize import optimize_model  # noqa: E402
@@ -81,7 +81,7 @@ def main() -> None:
                 rows.append((name, label, "ok", worst.max_rel, last.top1_agreement, report.noise_floor, out))
                 variants[label] = out
                 print(f"{name} / {label}: max rel {worst.max_rel:.2e}, top-1 {last.top1_agreement}", flush=True)
-            medians = interleaved(variants, args.rounds, lambda p: time_onnx(p, shape, args.iterations))
+            medians = interleaved_medians(variants, args.rounds, lambda p: time_onnx(p, shape, args.iterations))
             for i, row in enumerate(rows):
                 if row[0] == name and row[6] is not None:
                     rows[i] = row[:6] + (medians["raw"] / medians[row[1]],)

@@ -54,6 +54,7 @@ def measure(spec: dict) -> dict:
 
     from deploykit.backends import BuildOptions, get_backend
     from deploykit.backends.base import random_feeds
+    from deploykit.timing import latencies as timed
 
     if spec["backend"] == "torch":
         import torch  # noqa: F401
@@ -71,22 +72,19 @@ def measure(spec: dict) -> dict:
     feeds = random_feeds(runner, spec["batch"], spec.get("input_shape"))
     runner.infer(feeds)
     warmup_s = time.perf_counter() - start  # session creation + first call
-    for _ in range(spec.get("warmup", 20)):
-        runner.infer(feeds)
-    latencies, split = [], []
-    iterations, duration = spec.get("iterations"), spec.get("duration")
-    loop_start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        runner.infer(feeds)  # the same inputs every iteration (reported)
-        latencies.append(time.perf_counter() - t0)
+    split = []
+
+    def keep_split():
         if runner.timings():
             split.append(runner.timings())
-        elapsed = time.perf_counter() - loop_start
-        if iterations is not None and len(latencies) >= iterations:
-            break
-        if iterations is None and elapsed >= (duration or 3.0) and len(latencies) >= 5:
-            break
+
+    iterations, duration = spec.get("iterations"), spec.get("duration")
+    loop = {"runs": iterations} if iterations is not None else {"runs": 5, "seconds": duration or 3.0}
+    for _ in range(spec.get("warmup", 20)):
+        runner.infer(feeds)
+    loop_start = time.perf_counter()  # wall_s covers the timed runs only: throughput is counted over it
+    latencies = timed(lambda: runner.infer(feeds), warmup=0, after=keep_split,
+                      **loop)  # the same inputs every iteration (reported)
     wall = time.perf_counter() - loop_start
     peak = peak_rss()
     result = {"latencies_s": latencies, "wall_s": wall, "warmup_s": warmup_s, "peak_rss_bytes": peak,

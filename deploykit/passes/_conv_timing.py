@@ -12,7 +12,6 @@ the thread count.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -73,22 +72,16 @@ class ConvTimer:
     def _measure(self, spec: dict, rank: int | None) -> float:
         import onnxruntime as ort
 
+        from ..timing import latencies, median
+
         model = _conv_model(spec, rank)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if self.threads:
             opts.intra_op_num_threads = self.threads
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).standard_normal(_input_shape(spec)).astype(np.float32)
-        for _ in range(3):
-            session.run(None, {"x": x})
-        times, start = [], time.perf_counter()
-        while len(times) < _MIN_RUNS or time.perf_counter() - start < _RUNS_SECONDS:
-            t = time.perf_counter()
-            session.run(None, {"x": x})
-            times.append(time.perf_counter() - t)
-        times.sort()
-        return times[len(times) // 2]
+        feeds = {"x": np.random.default_rng(0).standard_normal(_input_shape(spec)).astype(np.float32)}
+        return median(latencies(lambda: session.run(None, feeds), runs=_MIN_RUNS, seconds=_RUNS_SECONDS))
 
 
 def _input_shape(spec: dict) -> tuple[int, ...]:

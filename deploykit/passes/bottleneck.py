@@ -626,36 +626,18 @@ def _timing_spec(node: ir.Node, weight: np.ndarray, in_shape) -> dict | None:
 
 
 class _Timer:
-    """Batch-1 latency of whole models in ONNX Runtime (level ALL, spin-waiting on: as deploykit's Engine and
-    bench run them), and the ratio of a candidate's to the source's: one fresh process per model per round,
-    the two models taking turns round by round so that the machine's drift falls on both.
+    """Batch-1 latency of whole models in ONNX Runtime, and the ratio of a candidate's to the source's: the
+    two timed by deploykit.timing, one fresh process per model per round, taking turns round by round.
 
-    A fresh process, because the calling one is not a clean place to time: the same ResNet-18 check read
-    0.33 of the source in a process that had just exported with torch and 0.53 in one that had not (0.51
-    in separate processes). One session per process, because two in one process interfere: with
-    spin-waiting on, the idle one's threads spin into the other's runs (ResNet-50 read 0.50 that way,
-    0.32 alone), and with it off the check no longer times what bench and Engine run (spinning favours a
-    factorised model's many small kernels: ResNet-50's time=0.5 checked at 0.50 that way and ran 2.34x
-    faster in bench)."""
+    Why fresh processes with spin-waiting on, as bench and Engine run: the same ResNet-18 check read 0.33
+    of the source in a process that had just exported with torch and 0.53 in one that had not (0.51 in
+    separate processes); two sessions in one process interfere (with spinning on, the idle one's threads
+    spin into the other's runs: ResNet-50 read 0.50 that way, 0.32 alone); and with spinning off the
+    check no longer times what bench and Engine run (spinning favours a factorised model's many small
+    kernels: ResNet-50's time=0.5 checked at 0.50 that way and ran 2.34x faster in bench)."""
 
     ROUNDS = 5
     ROUND_SECONDS = 0.15  # and at least 3 runs per model per round
-
-    _SCRIPT = r"""
-import sys, time, numpy as np, onnxruntime as ort
-seconds, feeds = float(sys.argv[1]), dict(np.load(sys.argv[2]))
-opts = ort.SessionOptions()
-opts.log_severity_level = 3
-session = ort.InferenceSession(sys.argv[3], opts, providers=["CPUExecutionProvider"])
-for _ in range(3):
-    session.run(None, feeds)
-times, start = [], time.perf_counter()
-while len(times) < 3 or time.perf_counter() - start < seconds:
-    t = time.perf_counter()
-    session.run(None, feeds)
-    times.append(time.perf_counter() - t)
-print(" ".join(map(str, times)))
-"""
 
     def __init__(self, source, input_shapes):
         import tempfile
@@ -687,22 +669,15 @@ print(" ".join(map(str, times)))
         return path
 
     def _medians(self, paths) -> list[float]:
-        import subprocess
-        import sys
-
         from ..errors import DeploykitError
+        from ..timing import interleaved, median, time_in_fresh_process
 
-        samples = [[] for _ in paths]
-        for _ in range(self.ROUNDS):
-            for path, out in zip(paths, samples):
-                done = subprocess.run([sys.executable, "-c", self._SCRIPT, str(self.ROUND_SECONDS), str(self._feeds),
-                                       str(path)], capture_output=True, text=True)
-                if done.returncode != 0:
-                    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                    raise DeploykitError(f"--bottleneck time=: timing the factorised model in a fresh process "
-                                         f"failed: {last}")
-                out += [float(v) for v in done.stdout.split()]
-        return [float(np.median(t)) for t in samples]
+        try:
+            samples = interleaved(dict(enumerate(paths)), self.ROUNDS, lambda path: time_in_fresh_process(
+                path, feeds=self._feeds, seconds=self.ROUND_SECONDS, runs=3))
+        except DeploykitError as exc:
+            raise DeploykitError(f"--bottleneck time=: {exc}") from exc
+        return [median(samples[i]) for i in range(len(paths))]
 
     def seconds(self) -> float:
         """The source's median latency."""
