@@ -213,7 +213,8 @@ def write_results(path: Path, machine, ceilings, rows, sliding_lines, elapsed, a
            f"Command: `{'python bench/run.py ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else 'make bench'}` "
            f"(duration {args.duration} s, {args.rounds} rounds), "
            f"{elapsed / 60:.1f} minutes. Ceilings, measured at the start as the fastest 1024x1024 MatMul each "
-           "number format reaches (int8: uint8 x int8 through QuantizeLinear/DequantizeLinear, in GOP/s): "
+           "number format reaches (int8 in GOP/s: uint8 x int8 through QuantizeLinear/DequantizeLinear in ONNX "
+           "Runtime and OpenVINO, int8 x int8 into int32 through torch._int_mm in torch): "
            + "; ".join(f"**{p}** " + ", ".join(f"{e} {v:.0f}" for e, v in figures.items())
                        for p, figures in ceilings.items()) + ". Each variant's fraction is against the best "
            "ceiling of its own precision.",

@@ -1,15 +1,16 @@
 """What machine a measurement ran on, and how fast it can multiply.
 
-The fp32 ceiling is measured with ONNX Runtime's own MatMul (MLAS), at the thread count the
-benchmarks use: numpy's BLAS can be built for, or set to, narrower vector units
-(OPENBLAS_CORETYPE) and understates the machine by up to 2x.
+Each number format's ceiling is the fastest matrix product of the engines present (ONNX Runtime's
+MLAS, OpenVINO's and torch's oneDNN), at the thread count the benchmarks use, not numpy's: its BLAS
+can be built for, or set to, narrower vector units (OPENBLAS_CORETYPE) and understates the machine
+by up to 2x. No one engine is fastest everywhere: on an AVX-512 EPYC, torch's fp32 product ran at
+0.44 of ONNX Runtime's, its int8 one was the fastest and its bf16 one level with OpenVINO's.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import time
 
 META_CPU = "deploykit.ort_layout.cpu_flags"
 _RELEVANT = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vnni", "avx512_bf16", "avx2", "avx_vnni", "fma",
@@ -93,23 +94,51 @@ def _matmul_model(size: int, quantized: bool):
 def _median_gops(run, size: int, seconds: float) -> float:
     import numpy as np
 
+    from .timing import latencies, median
+
     a = np.random.default_rng(1).standard_normal((size, size)).astype(np.float32)
-    for _ in range(3):
-        run(a)
-    times, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 5:
-        t = time.perf_counter()
-        run(a)
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return 2 * size ** 3 / times[len(times) // 2] / 1e9
+    return 2 * size ** 3 / median(latencies(lambda: run(a), runs=5, seconds=seconds)) / 1e9
+
+
+def _torch_ceilings(out: dict, threads: int | None, size: int, seconds: float) -> None:
+    """torch's matrix products (oneDNN/MKL): fp32, bf16 where the CPU has native bf16 (emulated bf16 is
+    no ceiling), and int8 through torch._int_mm (int8 x int8 into int32) where this build has it."""
+    try:
+        import torch
+    except ImportError:
+        return
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        runs = [("fp32", torch.float32)]
+        if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+            runs.append(("bf16", torch.bfloat16))
+        if hasattr(torch, "_int_mm"):
+            runs.append(("int8", torch.int8))
+        generator = torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            for precision, dtype in runs:
+                if dtype == torch.int8:
+                    a, b = (torch.randint(-127, 128, (size, size), dtype=dtype, generator=generator) for _ in "ab")
+                    product = torch._int_mm
+                else:
+                    a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in "ab")
+                    product = torch.mm
+                try:
+                    out.setdefault(precision, {})["torch"] = _median_gops(lambda _: product(a, b), size, seconds)
+                except RuntimeError:
+                    continue  # a build or CPU without that kernel
+    finally:
+        torch.set_num_threads(previous)
 
 
 def precision_ceilings(threads: int | None = None, size: int = 1024, seconds: float = 1.0) -> dict[str, dict]:
     """The fastest MatMul each number format reaches here, per engine: {precision: {engine: GFLOP/s (GOP/s)}}.
 
     fp32 and int8 (uint8 x int8) in ONNX Runtime (MLAS) and OpenVINO (oneDNN); bf16 in OpenVINO where
-    its CPU plugin has native bf16. A variant is judged against the best figure of its own precision.
+    its CPU plugin has native bf16; and torch's products where torch is installed (see _torch_ceilings).
+    A variant is judged against the best figure of its own precision.
     """
     import tempfile
 
@@ -123,6 +152,7 @@ def precision_ceilings(threads: int | None = None, size: int = 1024, seconds: fl
         session = ort.InferenceSession(_matmul_model(size, quantized).SerializeToString(), opts,
                                        providers=["CPUExecutionProvider"])
         out[precision]["onnxruntime"] = _median_gops(lambda a: session.run(None, {"a": a}), size, seconds)
+    _torch_ceilings(out, threads, size, seconds)
     try:
         import onnx
         import openvino as ov
