@@ -11,6 +11,7 @@ import json
 import math
 import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -240,8 +241,17 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
                    f"(budget {r['accuracy_budget']:g})")
         for refused in r["refused"]:
             click.echo(f"    tried first, refused: {refused}")
-        click.echo(f"    runs in ONNX Runtime and OpenVINO; compare them here with: deploykit bench {output} "
-                   f"--backend ort-cpu --backend ov-cpu")
+        engines = r.get("engines")
+        if engines:
+            ms = engines["latency_ms_batch1"]
+            best = engines["fastest"]
+            others = ", ".join(f"{ms[name] / ms[best]:.2f}x faster than {name}" for name in ms if name != best)
+            providers = {"ort-cpu": "cpu", "ov-cpu": "ov-cpu"}[best]
+            click.echo(f"    fastest here at batch 1: {best}{f' ({others})' if others else ''}, measured side by side; "
+                       f"run it with Engine({Path(output).name!r}, providers={providers!r}); deploykit bench "
+                       f"{output} --backend ort-cpu --backend ov-cpu measures more")
+            for name in engines["not_installed"]:
+                click.echo(f"    not compared: {name}")
     click.echo(f"wrote {output}")
 
 

@@ -241,6 +241,25 @@ RECIPES = ("fast",)
 FAST_BOTTLENECKS = ("time=0.5", "time=0.7", "time=0.85", None)
 
 
+def compare_cpu_engines(artefact, input_shape=None, rounds: int = 3, seconds: float = 0.3) -> dict:
+    """Batch-1 latency of one ONNX file in each CPU engine installed here (ort-cpu, ov-cpu), each timing in
+    a fresh process as bench takes it, the engines taking turns round by round: which one to deploy it on
+    is a measured fact of this machine (OpenVINO leads on some CPUs and trails on others, and on very
+    small models its per-call overhead decides)."""
+    from .backends import get_backend
+    from .bench import run_one
+    from .timing import interleaved, median
+
+    engines = [name for name in ("ort-cpu", "ov-cpu") if get_backend(name).available()[0]]
+    spec = {"artefact": str(artefact), "batch": 1, "warmup": 5, "duration": seconds, "input_shape": input_shape}
+    samples = interleaved({name: name for name in engines}, rounds,
+                          lambda name: run_one({**spec, "backend": name})["latencies_s"])
+    latency_ms = {name: 1e3 * median(v) for name, v in samples.items()}
+    fastest = min(latency_ms, key=latency_ms.get)
+    missing = [] if "ov-cpu" in engines else ["ov-cpu (pip install 'deploykit[openvino]')"]
+    return {"latency_ms_batch1": latency_ms, "fastest": fastest, "not_installed": missing}
+
+
 def total_drop(report: OptimizeReport) -> float | None:
     """Points of accuracy (labelled data) or of top-1 agreement the whole pipeline cost against its input."""
     if not report.passes:
@@ -311,6 +330,10 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                 continue
             report.recipe = {"name": recipe, "bottleneck": spec, "accuracy_budget": budget,
                              "drop": total_drop(report), "refused": refusals}
+            if output_path is not None:
+                if progress:
+                    progress("recipe fast: timing the result in ONNX Runtime and OpenVINO")
+                report.recipe["engines"] = compare_cpu_engines(output_path, input_shape)
             return report
         raise VerificationError("--recipe fast cannot hold the accuracy budget of "
                                 f"{budget:g} point(s): " + "; ".join(refusals) + "; nothing was written")
