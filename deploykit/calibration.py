@@ -23,7 +23,7 @@ def load_calibration(spec, model=None, input_shape=None) -> np.ndarray:
     if isinstance(spec, np.ndarray):
         data = spec
     elif str(spec) == "digits":
-        from deploykit_zoo.digits import load_digits_split
+        from deploykit_zoo.digits_data import load_digits_split
 
         data = load_digits_split()[0][:MAX_SAMPLES]
     else:

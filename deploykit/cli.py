@@ -249,7 +249,7 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
             providers = {"ort-cpu": "cpu", "ov-cpu": "ov-cpu"}[best]
             click.echo(f"    fastest here at batch 1: {best}{f' ({others})' if others else ''}, measured side by side; "
                        f"run it with Engine({Path(output).name!r}, providers={providers!r}); deploykit bench "
-                       f"{output} --backend ort-cpu --backend ov-cpu measures more")
+                       f"{output} {' '.join(f'--backend {name}' for name in ms)} measures more")
             for name in engines["not_installed"]:
                 click.echo(f"    not compared: {name}")
     click.echo(f"wrote {output}")

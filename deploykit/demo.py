@@ -37,7 +37,7 @@ def main(out_dir: str = "out") -> int:
         print(f"  {len(rep.warnings)} geometry warning(s), e.g. {rep.warnings[0] if rep.warnings else '-'}")
 
         print("== 3. Engine")
-        from deploykit_zoo.digits import load_digits_split
+        from deploykit_zoo.digits_data import load_digits_split
 
         _, _, x_test, y_test = load_digits_split()
         engine = Engine(out / "digits.onnx")

@@ -69,7 +69,7 @@ def _from_spec(spec, signature, shapes, kind) -> ValidationSet:
         feeds = {names[0]: spec}
         label = f"{kind} ({len(spec)} samples)"
     elif str(spec) == "digits":
-        from deploykit_zoo.digits import load_digits_split
+        from deploykit_zoo.digits_data import load_digits_split
 
         _, _, x_test, y_test = load_digits_split()
         feeds, labels = {names[0]: x_test.astype(np.float32)}, np.asarray(y_test)

@@ -16,7 +16,8 @@ import torch.nn as nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from digits import SPLIT_SEED, TEST_FRACTION, DigitsCNN, load_digits_split  # noqa: E402
+from digits import DigitsCNN  # noqa: E402
+from digits_data import SPLIT_SEED, TEST_FRACTION, load_digits_split  # noqa: E402
 
 SEED = 1234
 EPOCHS = 40

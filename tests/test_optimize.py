@@ -117,7 +117,7 @@ def test_max_error_fails_an_approximating_pass(cli, exported, tmp_path):
 def test_recipe_fast_holds_the_budget_on_real_digits(exported, tmp_path, cli):
     """The whole stacked result, judged here on the digits test set against the float model's accuracy."""
     from deploykit import Engine
-    from deploykit_zoo.digits import load_digits_split
+    from deploykit_zoo.digits_data import load_digits_split
 
     path, _ = exported("digits")
     out = tmp_path / "fast.onnx"

@@ -13,7 +13,7 @@ openvino = pytest.importorskip("openvino", reason="ov-cpu needs openvino (pip in
 from deploykit import BackendUnavailableError, Engine, ShapeMismatchError, UserInputError  # noqa: E402
 from deploykit.backends import BuildOptions, build, get_backend  # noqa: E402
 from deploykit.backends.openvino import has_native_bf16  # noqa: E402
-from deploykit_zoo.digits import load_digits_split  # noqa: E402
+from deploykit_zoo.digits_data import load_digits_split  # noqa: E402
 
 NATIVE_BF16 = has_native_bf16()
 

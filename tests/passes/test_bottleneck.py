@@ -137,7 +137,7 @@ def test_data_aware_fit_beats_weights_only_on_real_activations(exported):
     import onnx
     import onnx_ir as ir
 
-    from deploykit_zoo.digits import load_digits_split
+    from deploykit_zoo.digits_data import load_digits_split
 
     path, _ = exported("digits")
     proto = onnx.load(str(path))

@@ -17,7 +17,7 @@ BLOCKS = Path(__file__).parents[1] / "models" / "blocks.py"
 
 
 def _digits_accuracy(model) -> float:
-    from deploykit_zoo.digits import load_digits_split
+    from deploykit_zoo.digits_data import load_digits_split
 
     _, _, x, y = load_digits_split()
     return 100.0 * float(np.mean(Engine(model)(x.astype(np.float32)).argmax(1) == y))

@@ -83,7 +83,7 @@ def test_vgg16_at_training_size_equals_the_original(exported):
 
 def test_padded_network_on_real_digits(exported):
     """The trained digits CNN zero-pads every conv: measure how far its map is from its crops on real digits."""
-    from deploykit_zoo.digits import load_digits_split
+    from deploykit_zoo.digits_data import load_digits_split
 
     path, _ = exported("digits")
     sm = sliding_model(path)

@@ -70,7 +70,7 @@ def test_digits_holds_half_a_point_and_stays_faster_input_untouched(exported, tm
                             max_accuracy_drop=0.5)
     q = report.passes[-1]
     assert q.accuracy_before - q.accuracy_after <= 0.005
-    from deploykit_zoo.digits import load_digits_split
+    from deploykit_zoo.digits_data import load_digits_split
 
     _, _, x_test, y_test = load_digits_split()
     accuracy = float(np.mean(Engine(tmp_path / "d.onnx")(x_test.astype(np.float32)).argmax(1) == y_test))

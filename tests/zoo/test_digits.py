@@ -8,7 +8,7 @@ import torch
 from deploykit import Engine
 from deploykit.zoo import load_model
 from deploykit_zoo import ZOO
-from deploykit_zoo.digits import load_digits_split
+from deploykit_zoo.digits_data import load_digits_split
 
 
 def test_digits_accuracy_through_engine_equals_pytorch(exported):
@@ -27,3 +27,23 @@ def test_digits_accuracy_through_engine_equals_pytorch(exported):
 
 def test_committed_weights_are_small():
     assert ZOO["digits"].weights_path.stat().st_size < 500_000
+
+
+def test_the_digits_data_loads_where_torch_is_not_installed():
+    """--calibration digits and --validate digits on a machine with only the ONNX side installed: torch
+    is made unimportable in a fresh interpreter, as it is in a base `pip install deploykit`."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "class NoTorch:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name.split('.')[0] == 'torch':\n"
+              "            raise ImportError('torch is not installed here')\n"
+              "sys.meta_path.insert(0, NoTorch())\n"
+              "from deploykit.calibration import load_calibration\n"
+              "x = load_calibration('digits', None, (1, 1, 8, 8))\n"
+              "print(x.shape, x.dtype)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(", 1, 8, 8) float32")
