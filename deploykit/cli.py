@@ -242,7 +242,7 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
         for refused in r["refused"]:
             click.echo(f"    tried first, refused: {refused}")
         engines = r.get("engines")
-        if engines:
+        if engines and engines["fastest"]:
             ms = engines["latency_ms_batch1"]
             best = engines["fastest"]
             others = ", ".join(f"{ms[name] / ms[best]:.2f}x faster than {name}" for name in ms if name != best)
@@ -250,8 +250,10 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
             click.echo(f"    fastest here at batch 1: {best}{f' ({others})' if others else ''}, measured side by side; "
                        f"run it with Engine({Path(output).name!r}, providers={providers!r}); deploykit bench "
                        f"{output} {' '.join(f'--backend {name}' for name in ms)} measures more")
-            for name in engines["not_installed"]:
-                click.echo(f"    not compared: {name}")
+        for name in (engines or {}).get("not_installed", []):
+            click.echo(f"    not compared: {name}")
+        for name, why in (engines or {}).get("failed", {}).items():
+            click.echo(f"    not compared: {name}, whose run failed: {why}")
     click.echo(f"wrote {output}")
 
 

@@ -83,3 +83,25 @@ def test_each_measurement_runs_in_its_own_process():
 def test_bad_batch_is_one_line(cli):
     result = cli("bench", "digits", "--batch", "1,x")
     assert result.code == 2 and result.err.startswith("error: bad --batch")
+
+
+def test_engines_compared_on_a_model_whose_spatial_size_only_the_caller_knows(tmp_path):
+    """compare_cpu_engines (the end of --recipe fast) on an input with dynamic height and width, named:
+    each installed engine runs at the given shape, none fails."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.backends import get_backend
+    from deploykit.bench import compare_cpu_engines
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = compare_cpu_engines(path, {"image": (1, 3, 40, 24)}, rounds=1, seconds=0.05)
+    installed = {name for name in ("ort-cpu", "ov-cpu") if get_backend(name).available()[0]}
+    assert result["failed"] == {}
+    assert set(result["latency_ms_batch1"]) == installed and all(v > 0 for v in result["latency_ms_batch1"].values())
+    assert result["fastest"] == min(result["latency_ms_batch1"], key=result["latency_ms_batch1"].get)

@@ -175,6 +175,17 @@ def test_two_input_model_through_every_verb(cli, tmp_path):
     assert cli("optimize", out, "-o", tmp_path / "two16.onnx", "--fp16").code == 0
     int8 = cli("optimize", out, "-o", tmp_path / "two8.onnx", "--int8", "--calibration", tmp_path / "none.npy")
     assert int8.code == 2
+    # Real calibration data for both inputs: every pass that reads calibration is refused in one line up
+    # front (they used to fail inside, on the array or with ONNX Runtime's missing-input error).
+    calibration = tmp_path / "two_cal.npz"
+    np.savez(calibration, image=image, meta=meta)
+    for flags in (["--int8"], ["--bottleneck", "macs=0.5"], ["--fp16"], ["--recipe", "fast"]):
+        refused = cli("optimize", out, "-o", tmp_path / "two_cal.onnx", *flags, "--calibration", calibration,
+                      "--input-shape", "image:1,3,32,32", "--input-shape", "meta:1,4")
+        assert refused.code == 2, (flags, refused.err)
+        errors = [line for line in refused.err.splitlines() if not line.startswith("running ")]  # progress lines
+        assert len(errors) == 1 and "2 inputs (image, meta)" in errors[0], (flags, refused.err)
+        assert not (tmp_path / "two_cal.onnx").exists()
 
 
 def test_stem_is_never_cut_to_rank_one_and_unreachable_budgets_are_refused(tmp_path):

@@ -171,10 +171,14 @@ def cache_dir() -> Path:
 
 
 def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every input of a runner: dynamic dims from `fallback_shape`, batch first."""
+    """Random inputs for every input of a runner: dynamic dims from `fallback_shape` (one shape, or
+    {input name: shape} for a model with several inputs), batch first."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    named = fallback_shape if isinstance(fallback_shape, dict) else None
     for name in runner.input_names:
+        if named is not None:
+            fallback_shape = named.get(name)
         declared = runner.input_shapes[name]
         if declared is None:
             if fallback_shape is None:
