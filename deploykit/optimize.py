@@ -241,25 +241,6 @@ RECIPES = ("fast",)
 FAST_BOTTLENECKS = ("time=0.5", "time=0.7", "time=0.85", None)
 
 
-def compare_cpu_engines(artefact, input_shape=None, rounds: int = 3, seconds: float = 0.3) -> dict:
-    """Batch-1 latency of one ONNX file in each CPU engine installed here (ort-cpu, ov-cpu), each timing in
-    a fresh process as bench takes it, the engines taking turns round by round: which one to deploy it on
-    is a measured fact of this machine (OpenVINO leads on some CPUs and trails on others, and on very
-    small models its per-call overhead decides)."""
-    from .backends import get_backend
-    from .bench import run_one
-    from .timing import interleaved, median
-
-    engines = [name for name in ("ort-cpu", "ov-cpu") if get_backend(name).available()[0]]
-    spec = {"artefact": str(artefact), "batch": 1, "warmup": 5, "duration": seconds, "input_shape": input_shape}
-    samples = interleaved({name: name for name in engines}, rounds,
-                          lambda name: run_one({**spec, "backend": name})["latencies_s"])
-    latency_ms = {name: 1e3 * median(v) for name, v in samples.items()}
-    fastest = min(latency_ms, key=latency_ms.get)
-    missing = [] if "ov-cpu" in engines else ["ov-cpu (pip install 'deploykit[openvino]')"]
-    return {"latency_ms_batch1": latency_ms, "fastest": fastest, "not_installed": missing}
-
-
 def total_drop(report: OptimizeReport) -> float | None:
     """Points of accuracy (labelled data) or of top-1 agreement the whole pipeline cost against its input."""
     if not report.passes:
@@ -333,6 +314,8 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
             if output_path is not None:
                 if progress:
                     progress("recipe fast: timing the result in ONNX Runtime and OpenVINO")
+                from .bench import compare_cpu_engines
+
                 report.recipe["engines"] = compare_cpu_engines(output_path, input_shape)
             return report
         raise VerificationError("--recipe fast cannot hold the accuracy budget of "
@@ -343,7 +326,15 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
         from .calibration import load_calibration
 
         proto = io.load_model(model_path, load_weights=False)
-        first = next(iter(resolve_input_shapes(proto, input_shape).values()), None)
+        shapes = resolve_input_shapes(proto, input_shape)
+        if len(shapes) > 1:
+            # The calibration set is one array (see deploykit.calibration): refused here, in one line, before
+            # the passes that read it would each fail their own way on the inputs it does not feed.
+            raise UserInputError(f"--calibration feeds a single-input model, and this one has {len(shapes)} inputs "
+                                 f"({', '.join(shapes)}): int8 cannot calibrate it; for --bottleneck or --fp16 drop "
+                                 "--calibration (the bottleneck then fits the weights alone, and --validate DATA "
+                                 "still judges the result)")
+        first = next(iter(shapes.values()), None)
         same_file = validate is not None and Path(str(validate)).suffix == ".npy" and str(validate) == str(calibration)
         if same_file:
             validate = calibration = load_calibration(calibration, None, first)  # one copy in memory, not two
