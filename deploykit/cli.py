@@ -402,16 +402,19 @@ def package(model, repo, name, version, max_batch_size, dynamic_batching, prefer
 @click.option("--threads", type=click.IntRange(1), default=None, help="intra-op threads per instance")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="keep Triton's own log here  [default: a temporary file, kept only when startup fails]")
+@click.option("--max-input-mb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="the most one request may send per input, in MiB; larger requests get a 400  [default: the "
+                   "input's shape at --max-batch-size, or 64 where a dimension other than the batch is dynamic]")
 @_json_option("the endpoints and model signature, one line, once the server is ready")
 def serve(model, name, host, http_port, grpc_port, metrics_port, max_batch_size, dynamic_batching, preferred,
-          max_queue_delay_us, instances, providers, threads, log_file, as_json):
+          max_queue_delay_us, instances, providers, threads, log_file, max_input_mb, as_json):
     """Serve MODEL on a real Triton Inference Server (PyTriton) until Ctrl-C or SIGTERM."""
     from .serving import Server
 
     server = Server(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                     max_batch_size=max_batch_size, dynamic_batching=dynamic_batching, preferred_batch_sizes=preferred,
                     max_queue_delay_us=max_queue_delay_us, instances=instances, providers=providers, threads=threads,
-                    log_file=log_file)
+                    log_file=log_file, max_input_mb=max_input_mb)
     click.echo(f"starting Triton Inference Server for {model} ...", err=True)
     _BEFORE_HARD_EXIT.append(server.stop)
     try:
@@ -433,7 +436,7 @@ def serve(model, name, host, http_port, grpc_port, metrics_port, max_batch_size,
         say(f"serving {i.name} on Triton Inference Server {i.triton_version}: {i.instances} instance(s) of "
             f"deploykit's Engine ({', '.join(i.providers)}), {batching}")
         say(f"  inference  {i.http_url}/v2/models/{i.name}/infer  (gRPC {i.grpc_url})")
-        say(f"  ready      {i.http_url}/v2/health/ready")
+        say(f"  ready      {i.http_url}/v2/models/{i.name}/ready")
         say(f"  metadata   {i.http_url}/v2/models/{i.name}")
         say(f"  metrics    {i.metrics_url}")
         sys.stdout.flush()

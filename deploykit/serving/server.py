@@ -19,6 +19,7 @@ SIGINT and waits for it to exit, and PyTriton starts Triton with a parent-death 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -31,8 +32,10 @@ from ..errors import BackendUnavailableError, DeploykitError, UserInputError
 from ..errors import first_line as _first_line
 from .triton import resolve_max_batch
 
-EXIT_TIMEOUT_S = 5
-RESTRICTED_ENDPOINTS = ("model-repository", "shared-memory", "trace", "logging")  # how long Triton waits for in-flight requests when told to stop
+EXIT_TIMEOUT_S = 5  # how long Triton waits for in-flight requests when told to stop
+RESTRICTED_ENDPOINTS = ("model-repository", "shared-memory", "trace", "logging")
+# Per input of one request, where a dimension other than the batch is dynamic and the signature sets no bound.
+DEFAULT_MAX_INPUT_MB = 64
 
 
 @dataclass
@@ -71,6 +74,7 @@ def _import_pytriton():
         from pytriton.decorators import batch
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+        import aiohttp  # noqa: F401  (the HTTP gate)
     except ImportError as exc:
         raise BackendUnavailableError(
             f"deploykit serve needs PyTriton ({exc}): pip install 'deploykit[serve]'") from None
@@ -119,6 +123,59 @@ def _numpy_dtype(elem_type: int):
     return onnx.helper.tensor_dtype_to_np_dtype(elem_type)
 
 
+def input_limits(signature, max_batch_size: int, max_input_mb: float | None = None) -> dict:
+    """The most bytes one request may send for each input: the signature's shape at the largest batch, or
+    `max_input_mb` (default DEFAULT_MAX_INPUT_MB) where a dimension other than the batch is dynamic."""
+    import math
+
+    from .gate import InputLimit
+
+    limits = {}
+    for spec in signature.inputs:
+        itemsize = _numpy_dtype(spec.elem_type).itemsize
+        rest = spec.dims[1:] if max_batch_size else spec.dims
+        if max_input_mb is None and all(isinstance(d, int) and d >= 0 for d in rest):
+            batch = max(max_batch_size, 1)
+            shape = ([batch] if max_batch_size else []) + list(rest)
+            limits[spec.name] = InputLimit(spec.name, math.prod(shape) * itemsize,
+                                           f"shape {shape} of {_numpy_dtype(spec.elem_type)}"
+                                           + (" at --max-batch-size" if max_batch_size else ""))
+        else:
+            mb = DEFAULT_MAX_INPUT_MB if max_input_mb is None else max_input_mb
+            limits[spec.name] = InputLimit(spec.name, int(mb * (1 << 20)), f"--max-input-mb {mb:g}")
+    return limits
+
+
+@contextlib.contextmanager
+def _children_write_to(log_file: Path):
+    """File descriptors 1 and 2 point at log_file while the block runs: the processes Triton's start spawns
+    (tritonserver, its Python backend stubs, PyTriton's proxies) inherit them, so their output, a crash's
+    backtrace included, goes to Triton's log instead of the terminal or a pipe that reads deploykit's answers."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Server:
     """A Triton Inference Server serving one model through deploykit Engines; a context manager.
 
@@ -129,7 +186,8 @@ class Server:
     def __init__(self, model, *, name: str | None = None, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, max_batch_size: int | None = None,
                  dynamic_batching: bool = True, max_queue_delay_us: int = 0, preferred_batch_sizes=(),
-                 instances: int = 1, providers="cpu", threads: int | None = None, log_file=None):
+                 instances: int = 1, providers="cpu", threads: int | None = None, log_file=None,
+                 max_input_mb: float | None = None):
         from ..runtime import Engine
         from ..signature import read_signature
         from .. import io
@@ -144,6 +202,11 @@ class Server:
         name = name or source.stem
         if not name or not all(c.isalnum() or c in "._-" for c in name):
             raise UserInputError(f"bad model name {name!r}: give --name with letters, digits, '.', '-' or '_'")
+        if max_input_mb is not None and not max_input_mb > 0:
+            raise UserInputError("--max-input-mb must be more than 0")
+        if log_file is not None:
+            # Triton appends to its log: never to the model or its weights, never into a folder that is not there.
+            io.check_output_path(log_file, inputs=io.model_files(source))
         self._pytriton = _import_pytriton()
         _check_ports_free(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
         signature = read_signature(io.load_model(source, load_weights=False))
@@ -156,7 +219,9 @@ class Server:
                                 session_options=_quiet_session_options() if source.suffix == ".onnx" else None)
                          for _ in range(instances)]
         self._signature = signature
+        self.limits = input_limits(signature, max_batch_size, max_input_mb)
         self._triton = None
+        self._gate = None
         # Triton's own log goes to a file, not the terminal: a temporary one unless asked, kept when startup fails.
         self._own_log = log_file is None
         if log_file is None:
@@ -184,7 +249,9 @@ class Server:
         _python_library_first()
         for noisy in ("pytriton", "sh"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-        config = TritonConfig(http_address=info.host, http_port=info.http_port, grpc_address=info.host,
+        # Triton's HTTP endpoint is private (loopback, a port of its own); the public one is the gate's.
+        self._triton_http_port = _free_loopback_port()
+        config = TritonConfig(http_address="127.0.0.1", http_port=self._triton_http_port, grpc_address=info.host,
                               grpc_port=info.grpc_port, metrics_address=info.host, metrics_port=info.metrics_port,
                               exit_timeout_secs=EXIT_TIMEOUT_S, log_verbose=0, allow_gpu_metrics=False,
                               log_file=self.log_file)
@@ -193,20 +260,11 @@ class Server:
         security = TritonSecurityConfig(restricted_endpoints=list(RESTRICTED_ENDPOINTS))
         self._triton = Triton(config=config, security_config=security)
         try:
-            self._triton.__enter__()
-            self._triton.bind(
-                model_name=info.name, infer_func=[self._infer_function(e, batch) for e in self._engines],
-                inputs=[Tensor(name=t["name"], dtype=_numpy_dtype(s.elem_type), shape=tuple(t["shape"]))
-                        for t, s in zip(info.inputs, self._signature.inputs)],
-                outputs=[Tensor(name=t["name"], dtype=_numpy_dtype(s.elem_type), shape=tuple(t["shape"]))
-                         for t, s in zip(info.outputs, self._signature.outputs)],
-                config=ModelConfig(
-                    batching=info.max_batch_size > 0, max_batch_size=info.max_batch_size,
-                    batcher=DynamicBatcher(max_queue_delay_microseconds=info.max_queue_delay_us,
-                                           preferred_batch_size=info.preferred_batch_sizes or None)
-                    if info.dynamic_batching else None),
-                strict=True)
-            self._triton.run()
+            with _children_write_to(self.log_file):
+                self._start_triton(info, batch, DynamicBatcher, ModelConfig, Tensor)
+            from .gate import RequestGate
+
+            self._gate = RequestGate(info.host, info.http_port, self._triton_http_port, info.name, self.limits).start()
         except BaseException as exc:
             self._own_log = False  # keep the log: it says why
             self.stop()
@@ -216,6 +274,22 @@ class Server:
                                  f"{self.log_file}") from exc
         info.triton_version = self._server_version()
         return self
+
+    def _start_triton(self, info, batch, DynamicBatcher, ModelConfig, Tensor) -> None:
+        self._triton.__enter__()
+        self._triton.bind(
+            model_name=info.name, infer_func=[self._infer_function(e, batch) for e in self._engines],
+            inputs=[Tensor(name=t["name"], dtype=_numpy_dtype(s.elem_type), shape=tuple(t["shape"]))
+                    for t, s in zip(info.inputs, self._signature.inputs)],
+            outputs=[Tensor(name=t["name"], dtype=_numpy_dtype(s.elem_type), shape=tuple(t["shape"]))
+                     for t, s in zip(info.outputs, self._signature.outputs)],
+            config=ModelConfig(
+                batching=info.max_batch_size > 0, max_batch_size=info.max_batch_size,
+                batcher=DynamicBatcher(max_queue_delay_microseconds=info.max_queue_delay_us,
+                                       preferred_batch_size=info.preferred_batch_sizes or None)
+                if info.dynamic_batching else None),
+            strict=True)
+        self._triton.run()
 
     def _infer_function(self, engine, batch):
         outputs = [o.name for o in self._signature.outputs]
@@ -234,7 +308,7 @@ class Server:
     def _server_version(self) -> str:
         import tritonclient.http as http
 
-        client = http.InferenceServerClient(f"{self.info.host}:{self.info.http_port}")
+        client = http.InferenceServerClient(f"127.0.0.1:{self._triton_http_port}")
         try:
             return client.get_server_metadata().get("version", "?")
         except Exception:
@@ -253,6 +327,9 @@ class Server:
         self._own_log = False
 
     def stop(self) -> None:
+        if self._gate is not None:
+            gate, self._gate = self._gate, None
+            gate.stop()
         if self._triton is not None:
             triton, self._triton = self._triton, None
             triton.stop()

@@ -6,6 +6,7 @@ in time. Answers are compared bit for bit with an in-process Engine on the same 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -90,7 +91,12 @@ class Served:
         self.grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
         # Ready when the command says it serves (it prints that once the model is loaded), checked over HTTP.
         self.banner = []
-        reader = threading.Thread(target=lambda: self.banner.append(self.process.stdout.readline()), daemon=True)
+        def read_banner():  # the JSON line, or the five lines that name the endpoints
+            self.banner.append(self.process.stdout.readline())
+            for _ in range(4 if self.banner[0].startswith("serving ") else 0):
+                self.banner.append(self.process.stdout.readline())
+
+        reader = threading.Thread(target=read_banner, daemon=True)
         reader.start()
         reader.join(timeout=STARTUP_S)
         if not self.banner or not self.banner[0].startswith(("serving ", "{")):
@@ -127,6 +133,8 @@ def digits_server(exported):
     yield path, server
     code, out, err = server.stop()
     assert code == 0, err
+    # The readiness URL printed is the model's own: Triton's /v2/health/ready turns ready before the model.
+    assert f"ready      http://127.0.0.1:{server.http_port}/v2/models/digits_default/ready" in out
 
 
 def test_http_and_grpc_answers_equal_engine_bit_for_bit(digits_server):
@@ -272,3 +280,62 @@ def test_startup_failures_are_one_line(exported, cli, tmp_path):
     result = cli("serve", broken, *sum((["--" + k, str(p)] for k, p in zip(("http-port", "grpc-port", "metrics-port"),
                                                                         _free_ports(3))), []))
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1 and "broken.onnx" in result.err
+
+
+def _post(server, body: bytes, path="/v2/models/digits_default/infer", headers=None):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=body, method="POST",
+                                     headers=headers or {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.parametrize("shape", [[2**40, 1, 8, 8], [1000000, 1000, 8, 8]])
+def test_a_huge_declared_shape_gets_a_400_and_the_server_keeps_serving(digits_server, shape):
+    # Triton 2.51 alone allocates what the shape declares and dies of std::bad_alloc on the first of these.
+    path, server = digits_server
+    body = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": [0.0]}]})
+    status, text = _post(server, body.encode())
+    assert status == 400 and "send a smaller batch" in text and f"{shape}" in text
+    x = np.ones((1, 1, 8, 8), np.float32)
+    assert server.process.poll() is None
+    np.testing.assert_array_equal(server.http.infer("digits_default", [_http_input("input", x)]).as_numpy("output"),
+                                  Engine(path)(x))
+
+
+@pytest.mark.parametrize("body, says", [
+    (b'{"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [1', "not valid JSON"),
+    (b'{"inputs": [{"name": "input", "shape": [1, -1, 8, 8], "datatype": "FP32", "data": [1]}]}', "integers >= 0"),
+    (b'{"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [1, 2]}]}', "has 2"),
+    (b'[1, 2, 3]', "'inputs' list"),
+])
+def test_client_mistakes_are_answered_400_not_500(digits_server, body, says):
+    _, server = digits_server
+    status, text = _post(server, body)
+    assert status == 400 and says in text
+    assert server.http.is_model_ready("digits_default")
+
+
+def test_readiness_is_the_model_s_and_the_banner_names_it(digits_server):
+    _, server = digits_server
+    import urllib.request
+
+    for path in ("/v2/health/ready", "/v2/models/digits_default/ready"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}{path}", timeout=TIMEOUT_S) as r:
+            assert r.status == 200
+
+
+def test_log_file_may_not_be_the_model_or_in_a_missing_folder(exported, cli, tmp_path):
+    path, _ = exported("digits")
+    before = Path(path).read_bytes()
+    result = cli("serve", path, "--log-file", path)
+    assert result.code == 2 and "never writes over its inputs" in result.err and "Traceback" not in result.err
+    assert Path(path).read_bytes() == before
+    result = cli("serve", path, "--log-file", tmp_path / "nodir" / "t.log")
+    assert result.code == 2 and "does not exist" in result.err
+    assert not (tmp_path / "nodir").exists()
