@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .errors import VerificationError
+from .errors import UserInputError, VerificationError
 from .verify import compare, cpu_session, worst
 
 DEFAULT_TOLERANCE = 1e-4
@@ -100,14 +100,14 @@ class _Evaluator:
 
         self.reference_accuracy = accuracy(self.reference[0], validation.labels)
 
-    def _run(self, proto):
-        return _run_all(cpu_session(proto, label=self.label), self.validation.feeds)
+    def _run(self, proto, label=None):
+        return _run_all(cpu_session(proto, label=label or self.label), self.validation.feeds)
 
-    def measure(self, proto):
+    def measure(self, proto, label=None):
         """(deviation from the input model, deviation from the previous step, validation figures)."""
         from .validation import accuracy, top1_agreement
 
-        outs = self._run(proto)
+        outs = self._run(proto, label)
         # FC->CONV keeps the numbers but may turn (N, K) into (N, K, 1, 1): compare like for like.
         outs = [o.reshape(r.shape) if o.shape != r.shape and o.size == r.size else o
                 for o, r in zip(outs, self.reference)]
@@ -203,7 +203,11 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
         with _staged(model) as staged:
             # The candidate is written once, weights in a side file: ONNX Runtime and the accounting both
             # read it from there, so no second protobuf copy of a large model is ever held in memory.
-            deviation, step, figures = evaluator.measure(staged)
+            try:
+                deviation, step, figures = evaluator.measure(staged, label=f"the model pass {p.name} wrote")
+            except UserInputError as exc:  # the input loaded: what does not is deploykit's own rewrite
+                raise VerificationError(f"{exc}; nothing was written: run without this pass, and report it "
+                                        "as a deploykit bug") from exc
             after = stats if getattr(p, "preserves_accounting", False) else _stats(staged, shapes)
         report.passes.append(PassReport(
             p.name, p.exact, result.modified, list(p.notes), stats[0], after[0], stats[1], after[1],

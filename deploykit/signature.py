@@ -87,6 +87,8 @@ class Signature:
                 shape = self.recorded[spec.name]
             elif spec.dims is not None and all(isinstance(d, int) and d > 0 for d in spec.dims):
                 shape = tuple(spec.dims)
+            elif spec.dims and all(isinstance(d, int) and d > 0 for d in spec.dims[1:]):
+                shape = (1, *spec.dims[1:])  # only the batch is open: one sample is a shape the model accepts
             else:
                 flag = "--input-shape" if len(self.inputs) == 1 else f"--input-shape {spec.name}:..."
                 raise UserInputError(f"input {spec.name!r} has dynamic dimensions {spec.pretty()} and the model records "

@@ -26,6 +26,15 @@ FP16_MAX = 65504.0
 RISKY_OPS = {"Exp", "Pow", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp", "ReduceProd"}
 # Float inputs that are parameters of the op, not data, and must stay float32.
 FLOAT32_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}
+# Ops with no float16 form in the opsets deploykit writes (Range takes float/double/int only; quantization
+# ops take float32 scales and data before opset 19): they keep float32, with Casts at their edges.
+FLOAT32_ONLY_OPS = {"Range", "NonMaxSuppression", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
+                    "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
+                    "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearMul",
+                    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat", "QLinearAveragePool",
+                    "QLinearGlobalAveragePool", "QAttention", "MatMulNBits"}
+# Their outputs are shapes, not data: what is computed from them is a shape computation.
+SHAPE_OPS = {"Shape", "Size"}
 FLOAT = ir.DataType.FLOAT
 HALF = ir.DataType.FLOAT16
 
@@ -132,7 +141,16 @@ class Float16Pass(GraphPass):
 
     def _find_blocked(self, model: ir.Model) -> dict[str, str]:
         blocked = {}
+        data_nodes = _data_dependent(model.graph)
         for node in model.graph:
+            if node.op_type in FLOAT32_ONLY_OPS:
+                blocked[node.name] = f"{node.op_type} has no float16 form here"
+            elif self._is_float_node(node) and id(node) not in data_nodes:
+                # Grid arithmetic from Shape, anchors from constants: exact in float32, not in float16 (past
+                # 2048 integers are not), and cheap either way.
+                blocked[node.name] = "it computes shapes or constants, not data"
+            if node.name in blocked:
+                continue
             if node.op_type in RISKY_OPS:
                 blocked[node.name] = f"{node.op_type} overflows or loses accuracy in float16"
             for v in node.inputs:
@@ -170,6 +188,19 @@ class Float16Pass(GraphPass):
             if array.dtype.kind == "f":
                 peaks[name] = float(np.max(np.abs(array)))
         return peaks
+
+
+def _data_dependent(graph: ir.Graph) -> set[int]:
+    """ids of the nodes whose outputs depend on the values of a graph input (not only on its shape)."""
+    data = {id(v) for v in graph.inputs}
+    nodes = set()
+    for node in graph:  # topological order
+        if node.op_type in SHAPE_OPS:
+            continue
+        if any(v is not None and id(v) in data for v in node.inputs):
+            nodes.add(id(node))
+            data.update(id(o) for o in node.outputs if o is not None)
+    return nodes
 
 
 def _cast_graph_output(graph: ir.Graph, out: ir.Value, to: ir.DataType) -> None:

@@ -53,3 +53,64 @@ def test_overflowing_nodes_stay_float32(tmp_path):
     got = ort_run(out, {"x": x})[0]
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, ort_run(proto, {"x": x})[0], rtol=1e-2)
+
+
+def _conv_head_model():
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "g"], ["y"])]
+    return make_model(nodes, [tensor_info("x", ["N", 3, 8, 8])], [tensor_info("y", ["N", 10])],
+                      [("w", rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2),
+                       ("g", rng.standard_normal((512, 10)).astype(np.float32) * 0.05)])
+
+
+def test_an_already_quantized_model_keeps_its_quantized_ops_in_float32(tmp_path):
+    # ORT's own dynamic quantization: DynamicQuantizeLinear and MatMulInteger take float32 only.
+    from onnxruntime.quantization import quantize_dynamic
+
+    source = tmp_path / "float.onnx"
+    onnx.save(_conv_head_model(), str(source))
+    quantized = tmp_path / "quantized.onnx"
+    quantize_dynamic(str(source), str(quantized))
+    assert any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(quantized)).graph.node)
+    out = tmp_path / "fp16.onnx"
+    report = optimize_model(quantized, out, fp16=True)
+    notes = " ".join(report.passes[-1].notes)
+    assert "DynamicQuantizeLinear has no float16 form" in notes
+    x = np.random.default_rng(6).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    expected = ort_run(onnx.load(str(quantized)), {"x": x})[0]
+    got = ort_run(onnx.load(str(out)), {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=0.02, atol=0.02 * np.abs(expected).max())
+
+
+def test_shape_arithmetic_stays_float32_so_range_still_loads(tmp_path):
+    """A YOLO-style grid: Range over a float computed from the input's width. Range has no float16 kernel, and
+    the grid must stay exact; the data path still goes to float16."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "three"], ["width"], axis=0),
+             helper.make_node("Cast", ["width"], ["width_f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["width_f", "stride"], ["limit"]),
+             helper.make_node("Range", ["zero", "limit", "stride"], ["grid"]),
+             helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Add", ["c", "grid"], ["y"])]
+    w = np.random.default_rng(7).standard_normal((2, 3, 1, 1)).astype(np.float32)
+    model = make_model(nodes, [tensor_info("x", [1, 3, 4, "W"])],
+                       [tensor_info("y", [1, 2, 4, "W"]), tensor_info("grid", ["W"])],
+                       [("three", np.array(3, np.int64)), ("stride", np.array(8.0, np.float32)),
+                        ("zero", np.array(0.0, np.float32)), ("w", w)])
+    source = tmp_path / "grid.onnx"
+    onnx.save(model, str(source))
+    out = tmp_path / "grid16.onnx"
+    report = optimize_model(source, out, fp16=True, input_shape=(1, 3, 4, 600))
+    notes = " ".join(report.passes[-1].notes)
+    assert "Range has no float16 form" in notes and "computes shapes or constants" in notes
+    written = onnx.load(str(out))
+    assert any(n.op_type == "Conv" for n in written.graph.node)
+    assert [t.data_type for t in written.graph.initializer if t.name == "w"] == [TensorProto.FLOAT16]
+    x = np.random.default_rng(8).standard_normal((1, 3, 4, 600)).astype(np.float32)
+    y, grid = ort_run(written, {"x": x})
+    # The grid reaches 4792, where float16 spaces values 4 apart: kept in float32, every step is exact.
+    np.testing.assert_array_equal(grid, np.arange(0, 600 * 8, 8, dtype=np.float32))
+    np.testing.assert_allclose(y, ort_run(model, {"x": x})[0], rtol=2e-3, atol=4.0)
