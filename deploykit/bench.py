@@ -26,7 +26,7 @@ class Target:
     label: str            # what the user named
     onnx: Path | None     # the ONNX model (for ort-* backends and accounting)
     artefact: dict        # backend -> what its runner loads
-    input_shape: list[int] | None
+    input_shape: list[int] | dict[str, list[int]] | None  # one input's shape, or {input name: shape}
     macs: int | None = None
     fixed_batch: int | None = None  # the batch size a static-batch model accepts
     param_bytes: int | None = None
@@ -81,8 +81,11 @@ class BenchReport:
         return out
 
 
-def resolve_target(spec: str, workdir: Path) -> Target:
-    """A zoo name (exported here, with the torch baseline), an ONNX file, or a built artefact."""
+def resolve_target(spec: str, workdir: Path, input_shape=None) -> Target:
+    """A zoo name (exported here, with the torch baseline), an ONNX file, or a built artefact.
+
+    `input_shape` (one shape, or {input name: shape}) fills the dynamic dimensions other than the batch;
+    the batch is each measurement's own."""
     from .zoo import zoo_entries
 
     path = Path(spec)
@@ -90,35 +93,49 @@ def resolve_target(spec: str, workdir: Path) -> Target:
         from .exporter import export
 
         onnx_path = workdir / f"{spec}.onnx"
-        result = export(spec, onnx_path)
+        result = export(spec, onnx_path, input_shape=input_shape)
         return _with_accounting(Target(spec, onnx_path, {"torch": spec}, list(result.input_shape)))
     if not path.exists():
         raise UserInputError(f"{spec} is neither a zoo name nor a file: give an ONNX model, a built artefact or a zoo name")
+    given = _plain_shapes(input_shape)
     if path.suffix == ".plan":
-        return Target(spec, None, {"trt": str(path)}, None)
+        return Target(spec, None, {"trt": str(path)}, given)
     if path.suffix == ".xml":  # OpenVINO IR from 'deploykit build --backend ov-cpu'
-        return Target(spec, None, {"ov-cpu": str(path), "ov-cpu:bf16": str(path)}, None)
+        return Target(spec, None, {"ov-cpu": str(path), "ov-cpu:bf16": str(path)}, given)
     from .io import load_model
 
     from .signature import read_signature
 
     proto = load_model(path, load_weights=False)
     signature = read_signature(proto)
-    recorded = signature.recorded.get(signature.input_names[0]) if signature.inputs else None
     first = signature.inputs[0].dims if signature.inputs else None
     fixed = first[0] if first and isinstance(first[0], int) else None
-    target = Target(spec, path, {}, list(recorded) if recorded else None, fixed_batch=fixed)
-    return _with_accounting(target)
+    # Checked here, before any worker starts: a dynamic dimension nobody gave is one line naming the flag.
+    shapes = {name: list(shape) for name, shape in signature.resolve(input_shape).items()}
+    return _with_accounting(Target(spec, path, {}, shapes, fixed_batch=fixed))
+
+
+def _plain_shapes(input_shape):
+    """--input-shape's {name or None: shape} as runners take it: one shape, or {input name: shape}."""
+    if not input_shape:
+        return None
+    if isinstance(input_shape, dict):
+        if set(input_shape) == {None}:
+            return list(input_shape[None])
+        return {name: list(shape) for name, shape in input_shape.items()}
+    return list(input_shape)
 
 
 def _with_accounting(target: Target) -> Target:
     from .inspect import inspect_model
 
+    shape = target.input_shape
+    first = (next(iter(shape.values()), None) if isinstance(shape, dict) else shape) or [1]
     try:
-        report = inspect_model(target.onnx, tuple(target.input_shape) if target.input_shape else None)
+        report = inspect_model(target.onnx, shape if isinstance(shape, dict) else tuple(shape) if shape else None)
         target.macs = report.totals.macs
         target.param_bytes = report.totals.param_bytes
-        target.peak_activation_bytes = report.totals.peak_activation_bytes // max(1, (target.input_shape or [1])[0])
+        target.peak_activation_bytes = report.totals.peak_activation_bytes // max(1, first[0] if first else 1)
     except DeploykitError:
         pass  # e.g. an --ort-layout artefact: measured, but without the accounting columns
     return target
@@ -147,7 +164,7 @@ def run_one(spec: dict) -> dict:
 
 def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: int | None = None,
           duration: float | None = None, threads: int | None = None, lean_memory: bool = False,
-          progress=None, measure_ceiling: bool = True) -> BenchReport:
+          progress=None, measure_ceiling: bool = True, input_shape=None) -> BenchReport:
     """Measure every model x backend x batch; see the module docstring for what is reported."""
     from .backends import get_backend
     from .machine import describe, precision_ceilings
@@ -158,7 +175,7 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
     results, warnings = report.results, report.warnings
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
         workdir = Path(tmp)
-        targets = [resolve_target(m, workdir) for m in models]
+        targets = [resolve_target(m, workdir, input_shape) for m in models]
         plan = []
         for t in targets:
             for name in (backends or _default_backends(t)):

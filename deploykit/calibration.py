@@ -117,12 +117,9 @@ def _intermediate_session(model, value_names):
 
 
 def _batches(session, data, batch):
-    feeds = data if isinstance(data, dict) else {session.get_inputs()[0].name: data}
-    fixed = session.get_inputs()[0].shape[0]
-    batch = fixed if isinstance(fixed, int) and fixed > 0 else batch
-    total = len(next(iter(feeds.values())))
-    for i in range(0, total, batch):
-        yield {n: a[i:i + batch] for n, a in feeds.items()}
+    from .validation import batches
+
+    return batches(session, data if isinstance(data, dict) else {session.get_inputs()[0].name: data}, batch)
 
 
 def layer_inputs(model, value_names: list[str], data, batch: int = 32) -> dict[str, np.ndarray]:

@@ -468,13 +468,15 @@ def serve(model, name, host, http_port, grpc_port, metrics_port, max_batch_size,
               help="seconds of timed runs per measurement  [default: 3]")
 @click.option("--threads", type=click.IntRange(1), default=None, help="intra-op threads  [default: the runtime's]")
 @click.option("--lean-memory", is_flag=True, help="ONNX Runtime without prepacking or arena, weights mapped from a side file")
+@_shape_option("input shape for the dynamic dimensions other than the batch, which --batch sets "
+               "(default: the one recorded at export)")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="write every figure and raw sample as JSON")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="write a PNG")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None, help="write a markdown report")
 @_json_option("every figure and raw sample")
-def bench_cmd(models, backends, batches, warmup, iterations, duration, threads, lean_memory, report_path, plot_path,
-              markdown_path, as_json):
+def bench_cmd(models, backends, batches, warmup, iterations, duration, threads, lean_memory, input_shape,
+              report_path, plot_path, markdown_path, as_json):
     """Throughput, latency and memory of MODEL(s) per backend and batch size."""
     from pathlib import Path
 
@@ -504,7 +506,7 @@ def bench_cmd(models, backends, batches, warmup, iterations, duration, threads, 
             click.echo(text, err=True)
 
     report = b.bench(list(models), list(backends) or None, sizes, warmup, iterations, duration, threads,
-                     lean_memory, progress=progress)
+                     lean_memory, progress=progress, input_shape=input_shape)
     if report_path:
         _write_report(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
     if markdown_path:

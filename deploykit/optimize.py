@@ -176,6 +176,9 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
 
     proto = _weightless_copy(io.load_model(model_path, load_weights=False))
     shapes = resolve_input_shapes(proto, input_shape)
+    outline = ir.from_proto(proto)  # op types, no weights: enough for the passes' preconditions
+    for p in passes:
+        p.requires(outline)  # before any work: a refusal costs the user nothing
     from .signature import read_signature
     from .validation import load_validation
 

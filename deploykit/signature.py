@@ -183,20 +183,19 @@ def format_recorded(shapes: Mapping[str, Sequence[int]]) -> str:
     return ";".join(f"{name}:{','.join(map(str, shape))}" for name, shape in shapes.items())
 
 
-def sample_inputs(signature: Signature, shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Sample inputs at `shapes`, of each input's own type.
+def sample_array(rng: np.random.Generator, shape, dtype: np.dtype) -> np.ndarray:
+    """One sample input: floats N(0, 1); integers (token ids, indices) zero and booleans (masks) True,
+    the only values valid for any model."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(tuple(shape)).astype(dtype)
+    if dtype == np.bool_:
+        return np.ones(tuple(shape), dtype=np.bool_)
+    return np.zeros(tuple(shape), dtype=dtype)
 
-    Floats are N(0, 1). Integer inputs (token ids, indices) get zeros and boolean ones (masks) get
-    True: the only values valid for any model; give real data (--calibration/--validate) to see more.
-    """
+
+def sample_inputs(signature: Signature, shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Sample inputs at `shapes`, of each input's own type (see sample_array); give real data
+    (--calibration/--validate) to see more."""
     rng = np.random.default_rng(seed)
-    feeds = {}
-    for spec in signature.inputs:
-        shape = tuple(shapes[spec.name])
-        if spec.is_float:
-            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype == np.bool_:
-            feeds[spec.name] = np.ones(shape, dtype=np.bool_)
-        else:
-            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
-    return feeds
+    return {spec.name: sample_array(rng, shapes[spec.name], spec.dtype) for spec in signature.inputs}

@@ -68,6 +68,9 @@ def corpus(tmp_path_factory, exported):
     (root / "no_images" / "notes.txt").write_text("not an image\n")
     (root / "a_file").write_text("a regular file, not a directory\n")
     os.symlink(good, root / "link.onnx")
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(good), str(root / "quantized.onnx"))  # ORT's own: DynamicQuantizeLinear, MatMulInteger
     return root
 
 
@@ -138,6 +141,8 @@ CASES = [
      2, ["--calibration-method"]),
     ("optimize-int8-and-fp16", ["optimize", "{root}/digits.onnx", "-o", "{out}", "--int8", "--fp16",
                                 "--calibration", "digits"], 2, ["one of --int8 and --fp16"]),
+    ("optimize-int8-already-quantized", ["optimize", "{root}/quantized.onnx", "-o", "{out}", "--int8",
+                                         "--calibration", "digits"], 2, ["already quantized", "float model"]),
     ("optimize-under-proc", ["optimize", "{root}/digits.onnx", "-o", "/proc/x.onnx"], 2, ["virtual file system"]),
     # -- slide
     ("slide-image-and-size", ["slide", "{root}/digits.onnx", "--image", "{root}/nan.npy", "--image-size", "16"],
@@ -160,6 +165,10 @@ CASES = [
      2, ["is a file"]),
     ("build-gpu-backend-missing", ["build", "{root}/digits.onnx", "--backend", "ort-cuda", "-o", "{out}"],
      4, ["ort-cuda needs"]),
+    # -- serve: its log is an output like any other
+    ("serve-log-over-model", ["serve", "{root}/digits.onnx", "--log-file", "{root}/digits.onnx"], 2, ["is the input"]),
+    ("serve-log-in-missing-folder", ["serve", "{root}/digits.onnx", "--log-file", "{root}/nodir/t.log"],
+     2, ["does not exist"]),
     # -- bench
     ("bench-torch-on-onnx", ["bench", "{root}/digits.onnx", "--backend", "torch", "--iterations", "2"],
      2, ["--backend torch"]),

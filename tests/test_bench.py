@@ -105,3 +105,50 @@ def test_engines_compared_on_a_model_whose_spatial_size_only_the_caller_knows(tm
     assert result["failed"] == {}
     assert set(result["latency_ms_batch1"]) == installed and all(v > 0 for v in result["latency_ms_batch1"].values())
     assert result["fastest"] == min(result["latency_ms_batch1"], key=result["latency_ms_batch1"].get)
+
+
+def _save_model(path, nodes, inputs, outputs, initializers=()):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_bench_takes_input_shape_for_a_dynamic_width(tmp_path, cli):
+    """A recogniser-style input [N, 3, 8, W]: without --input-shape there is no shape to run at; with it, every
+    batch runs at the given width (the batch is --batch's)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    path = _save_model(tmp_path / "wide.onnx", [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, "W"])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    result = cli("bench", path, "--iterations", "3", "--warmup", "1", "--batch", "1")
+    assert result.code == 2 and "--input-shape" in result.err
+    from deploykit.bench import bench
+
+    report = bench([str(path)], ["ort-cpu"], [1, 3], warmup=1, iterations=3, measure_ceiling=False,
+                   input_shape={None: (1, 3, 8, 40)})
+    assert [r.batch for r in report.results] == [1, 3]
+    # MACs at the given width: 4 filters x 27 taps per output pixel, 8 x 40 pixels.
+    assert report.results[0].gflops == pytest.approx(2 * 4 * 27 * 8 * 40 * report.results[0].stats["images_per_s"]
+                                                     / 1e9)
+
+
+def test_bench_runs_integer_and_scalar_inputs(tmp_path):
+    """Token ids (int64) with an embedding table, and a 0-d scale: bench's inputs take each input's own type and
+    rank (it fed float32 of the batch's rank to everything)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32), "table")
+    path = _save_model(tmp_path / "tokens.onnx",
+                       [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("Mul", ["e", "s"], ["y"])],
+                       [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 12]),
+                        helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 12, 16])], [table])
+    from deploykit.bench import bench
+
+    report = bench([str(path)], ["ort-cpu"], [2], warmup=1, iterations=3, measure_ceiling=False)
+    assert len(report.results) == 1 and report.results[0].stats["images_per_s"] > 0

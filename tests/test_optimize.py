@@ -158,3 +158,47 @@ def test_recipe_and_openvino_target_refusals(exported, tmp_path, cli):
     portable = tmp_path / "portable.onnx"
     assert cli("optimize", path, "-o", portable, "--target", "openvino").code == 0
     assert cli("build", portable, "--backend", "ov-cpu", "-o", tmp_path / "p.xml").code == 0
+
+
+def _scaled_conv(path, batch_dim="N"):
+    """Conv then Mul by a 0-d input, as an audio model takes its sample rate; only the batch is dynamic."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(2).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Mul", ["c", "s"], ["y"])],
+        "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 3, 8, 8]),
+                   helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_dim, 4, 8, 8])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_scalar_input_is_not_sliced_into_batches(tmp_path, cli):
+    source = _scaled_conv(tmp_path / "scaled.onnx")
+    out = tmp_path / "scaled16.onnx"
+    result = cli("optimize", source, "--fp16", "-o", out)
+    assert result.code == 0, result.err
+    import onnxruntime as ort
+
+    x = np.random.default_rng(3).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    feeds = {"x": x, "s": np.array(0.5, np.float32)}
+    want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
+
+
+def test_calibration_data_gives_the_shape_when_only_the_batch_is_dynamic(tmp_path, cli):
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(4).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "c",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])], [weight])
+    source = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    data = tmp_path / "cal.npy"
+    np.save(data, np.random.default_rng(5).random((8, 3, 16, 16)).astype(np.float32))
+    result = cli("optimize", source, "--int8", "--calibration", data, "-o", tmp_path / "conv8.onnx")
+    assert result.code == 0, result.err
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "conv8.onnx")).graph.node)

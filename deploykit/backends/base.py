@@ -171,8 +171,12 @@ def cache_dir() -> Path:
 
 
 def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every input of a runner: dynamic dims from `fallback_shape` (one shape, or
-    {input name: shape} for a model with several inputs), batch first."""
+    """Sample inputs for every input of a runner: dynamic dims from `fallback_shape` (one shape, or
+    {input name: shape} for a model with several inputs), batch first; each of the input's own type
+    (see signature.sample_array: floats N(0, 1), integers zero, booleans True). A 0-d input stays 0-d."""
+    from ..signature import sample_array
+    from ..runtime import _ORT_DTYPES
+
     rng = np.random.default_rng(seed)
     feeds = {}
     named = fallback_shape if isinstance(fallback_shape, dict) else None
@@ -182,7 +186,7 @@ def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict
         declared = runner.input_shapes[name]
         if declared is None:
             if fallback_shape is None:
-                raise UserInputError(f"input {name!r} has no declared shape: give the model's input shape")
+                raise UserInputError(f"input {name!r} has no declared shape: give its shape with --input-shape")
             declared = [None] * len(fallback_shape)
         declared = list(declared)
         shape = []
@@ -194,7 +198,7 @@ def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict
             elif fallback_shape is not None:
                 shape.append(int(fallback_shape[i]))
             else:
-                raise UserInputError(f"input {name!r} has a dynamic dimension {i}: give the model's input shape")
-        dtype = np.float16 if "float16" in runner.input_types.get(name, "") else np.float32
-        feeds[name] = rng.standard_normal(shape).astype(dtype)
+                flag = "--input-shape" if len(runner.input_names) == 1 else f"--input-shape {name}:..."
+                raise UserInputError(f"input {name!r} has a dynamic dimension {i}: give its shape with {flag}")
+        feeds[name] = sample_array(rng, shape, np.dtype(_ORT_DTYPES.get(runner.input_types.get(name, ""), np.float32)))
     return feeds

@@ -61,3 +61,11 @@ def nodes_of(model: ir.Model, op_type: str, domain: str = "") -> list[ir.Node]:
     """Every node of that type, subgraphs included, snapshotted so passes can rewrite while iterating."""
     return [n for n in ir.traversal.RecursiveGraphIterator(model.graph)
             if n.op_type == op_type and n.domain in (domain, "ai.onnx" if domain == "" else domain)]
+
+
+# Ops that only a quantized model has: integer kernels and the conversions to and from them.
+QUANTIZED_OPS = frozenset({
+    "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv",
+    "QLinearMatMul", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QGemm", "QLinearAdd",
+    "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat", "QLinearAveragePool",
+    "QLinearGlobalAveragePool", "QAttention", "MatMulNBits"})

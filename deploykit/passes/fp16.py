@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._graph import replace_value
+from ._graph import QUANTIZED_OPS, replace_value
 from .base import GraphPass
 
 FP16_MAX = 65504.0
@@ -28,11 +28,7 @@ RISKY_OPS = {"Exp", "Pow", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp", "Re
 FLOAT32_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}
 # Ops with no float16 form in the opsets deploykit writes (Range takes float/double/int only; quantization
 # ops take float32 scales and data before opset 19): they keep float32, with Casts at their edges.
-FLOAT32_ONLY_OPS = {"Range", "NonMaxSuppression", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
-                    "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
-                    "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearMul",
-                    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat", "QLinearAveragePool",
-                    "QLinearGlobalAveragePool", "QAttention", "MatMulNBits"}
+FLOAT32_ONLY_OPS = {"Range", "NonMaxSuppression"} | QUANTIZED_OPS
 # Their outputs are shapes, not data: what is computed from them is a shape computation.
 SHAPE_OPS = {"Shape", "Size"}
 FLOAT = ir.DataType.FLOAT

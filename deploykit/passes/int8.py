@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import UserInputError
+from ._graph import QUANTIZED_OPS
 from .base import RebuildPass
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -41,6 +42,17 @@ CALIBRATION_BUDGET = 1 << 30  # bytes of intermediate tensors a histogram range 
 class QuantizeInt8Pass(RebuildPass):
     name = "int8"
     exact = False
+
+    def requires(self, model: ir.Model) -> None:
+        """An already quantized model is refused: ORT's quantizer fails inside on its scales, and what is
+        quantized cannot be quantized again."""
+        from ..errors import UserInputError
+
+        found = sorted({n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)
+                        if n.op_type in QUANTIZED_OPS})
+        if found:
+            raise UserInputError(f"the model is already quantized (it has {', '.join(found)}): --int8 takes a float "
+                                 "model; give the float model it came from, or run it as it is")
 
     def __init__(self, calibration, target: str = "ort", method: str = "minmax", input_shape=None,
                  exclude=(), budget=None) -> None:
