@@ -115,6 +115,17 @@ def resolve_target(spec: str, workdir: Path, input_shape=None) -> Target:
     return _with_accounting(Target(spec, path, {}, shapes, fixed_batch=fixed))
 
 
+def _check_batch_fits(target: Target, batch: int) -> None:
+    """Refuse a batch whose inputs alone would not fit in memory, before a worker dies of it."""
+    from .memory import check_allocation
+
+    shape = target.input_shape
+    for name, dims in (shape.items() if isinstance(shape, dict) else [("input", shape)] if shape else []):
+        if dims:
+            check_allocation([batch, *dims[1:]], "float32", f"a batch of {batch} for input {name!r}",
+                             "give a smaller --batch", copies=2)
+
+
 def _plain_shapes(input_shape):
     """--input-shape's {name or None: shape} as runners take it: one shape, or {input name: shape}."""
     if not input_shape:
@@ -195,6 +206,7 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
                     warnings.append(f"{t.label}: its batch is fixed at {t.fixed_batch}; skipped batch "
                                     f"{', '.join(map(str, skipped))} (re-export with --dynamic-batch to measure them)")
                 for batch in takes:
+                    _check_batch_fits(t, batch)
                     plan.append((t, name, artefact, batch))
         if not plan:
             raise UserInputError(f"nothing to measure: no model takes batch {', '.join(map(str, batches))}; "

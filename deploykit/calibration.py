@@ -94,8 +94,11 @@ def _images(folder: Path, shape) -> np.ndarray:
     mode = "L" if channels == 1 else "RGB"
     out = []
     for f in files:
-        with Image.open(f) as im:
-            arr = np.asarray(im.convert(mode).resize((width, height)), dtype=np.float32) / 255.0
+        try:
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert(mode).resize((width, height)), dtype=np.float32) / 255.0
+        except (OSError, ValueError, SyntaxError) as exc:  # truncated, corrupt, or not the format its name says
+            raise UserInputError(f"cannot read the image {f} ({exc}): remove or replace it") from None
         out.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
     return np.stack(out)
 

@@ -130,6 +130,10 @@ def export(model: str | object, output: str | Path, *, weights: str | None = Non
             raise UserInputError(f"--dynamic-spatial needs image inputs (N,C,H,W); input {name!r} has shape "
                                  f"{format_shape(shape)}")
 
+    from .memory import check_allocation
+
+    for name, shape in shapes.items():  # the example, a second one for the dynamic-batch check, the outputs
+        check_allocation(shape, "float32", f"the example input {name!r}", "give a smaller --input-shape", copies=4)
     gen = torch.Generator().manual_seed(seed)
     examples = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
     reference = _forward(module, examples, source)

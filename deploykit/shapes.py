@@ -19,6 +19,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise UserInputError(
             f"bad shape {text!r}: every dimension must be a positive integer, for example 1,3,224,224"
         )
+    if any(d > 2**31 - 1 for d in dims):
+        raise UserInputError(f"bad shape {text!r}: a dimension beyond {2**31 - 1:,} is not one any runtime takes")
     return dims
 
 

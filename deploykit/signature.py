@@ -30,6 +30,7 @@ class TensorSpec:
     name: str
     elem_type: int  # onnx.TensorProto data type
     dims: tuple[Dim, ...] | None  # None: rank unknown
+    kind: str = "tensor_type"  # the ONNX TypeProto's kind: tensor_type, sequence_type, map_type, optional_type...
 
     @property
     def dtype(self) -> np.dtype:
@@ -72,8 +73,23 @@ class Signature:
                 return spec
         raise UserInputError(f"the model has no input {name!r}; its inputs are {', '.join(self.input_names)}")
 
+    def require_numeric_tensors(self) -> None:
+        """Refuse, in one line, inputs or outputs deploykit cannot sample, measure or compare: strings, and
+        values that are not tensors (sequences, maps, optionals)."""
+        import onnx
+
+        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
+            for spec in specs:
+                if spec.elem_type == onnx.TensorProto.STRING:
+                    raise UserInputError(f"{kind} {spec.name!r} holds strings: deploykit measures, optimizes and "
+                                         "benchmarks numeric tensors only; run this model with ONNX Runtime directly")
+                if spec.kind not in ("tensor_type", None):
+                    raise UserInputError(f"{kind} {spec.name!r} is not a tensor (a sequence, map or optional): "
+                                         "deploykit takes models whose inputs and outputs are tensors")
+
     def resolve(self, given=None) -> dict[str, tuple[int, ...]]:
         """A concrete shape for every input: the given one, else the recorded one, else the static one."""
+        self.require_numeric_tensors()
         given = normalize_shapes(given, self.input_names)
         shapes = {}
         for spec in self.inputs:
@@ -162,8 +178,12 @@ def read_signature(proto) -> Signature:
     """The signature of an onnx.ModelProto (weights not needed)."""
     from . import io
 
-    inputs = tuple(TensorSpec(i.name, i.type.tensor_type.elem_type, _dims(i)) for i in io.graph_inputs(proto))
-    outputs = tuple(TensorSpec(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in proto.graph.output)
+    def spec(value_info):
+        return TensorSpec(value_info.name, value_info.type.tensor_type.elem_type, _dims(value_info),
+                          value_info.type.WhichOneof("value"))
+
+    inputs = tuple(spec(i) for i in io.graph_inputs(proto))
+    outputs = tuple(spec(o) for o in proto.graph.output)
     return Signature(inputs, outputs, recorded_shapes(io.get_metadata(proto), [i.name for i in inputs]))
 
 
@@ -183,10 +203,15 @@ def format_recorded(shapes: Mapping[str, Sequence[int]]) -> str:
     return ";".join(f"{name}:{','.join(map(str, shape))}" for name, shape in shapes.items())
 
 
-def sample_array(rng: np.random.Generator, shape, dtype: np.dtype) -> np.ndarray:
+def sample_array(rng: np.random.Generator, shape, dtype: np.dtype, name: str = "") -> np.ndarray:
     """One sample input: floats N(0, 1); integers (token ids, indices) zero and booleans (masks) True,
     the only values valid for any model."""
+    from .memory import check_allocation
+
     dtype = np.dtype(dtype)
+    # numpy draws float64 and then casts: both exist at once.
+    check_allocation(shape, dtype, f"the sample input{f' {name!r}' if name else ''}",
+                     "give a smaller --input-shape or --batch", copies=1 + 8 / dtype.itemsize)
     if dtype.kind == "f":
         return rng.standard_normal(tuple(shape)).astype(dtype)
     if dtype == np.bool_:
@@ -198,4 +223,4 @@ def sample_inputs(signature: Signature, shapes: Mapping[str, Sequence[int]], see
     """Sample inputs at `shapes`, of each input's own type (see sample_array); give real data
     (--calibration/--validate) to see more."""
     rng = np.random.default_rng(seed)
-    return {spec.name: sample_array(rng, shapes[spec.name], spec.dtype) for spec in signature.inputs}
+    return {spec.name: sample_array(rng, shapes[spec.name], spec.dtype, spec.name) for spec in signature.inputs}

@@ -51,6 +51,10 @@ def sliding_model(model_path) -> SlidingModel:
             p(model)
         proto = ir.to_proto(model)
         props = {p.key: p.value for p in proto.metadata_props}
+    if META_WINDOW not in props or META_STRIDE not in props:
+        raise UserInputError(f"{model_path} has no fully-connected head that FC->CONV can turn into convolutions, so "
+                             "there is nothing to slide: slide takes a classifier that ends in Flatten + Gemm/MatMul "
+                             "(or a model written by optimize --fc-to-conv)")
     window = tuple(int(v) for v in props[META_WINDOW].split(","))
     return SlidingModel(proto, int(props[META_STRIDE]), window, props.get(META_PADDED) == "1")
 
@@ -178,7 +182,11 @@ def slide_image(model, *, image=None, image_size: int | None = None, stride: int
             raise UserInputError("--check needs the original (unconverted) model, to evaluate its crops")
     sm = sliding_model(model)
     if image is None:
+        from .memory import check_allocation
+
         channels = sm.session().get_inputs()[0].shape[1]
+        check_allocation((1, channels, image_size, image_size), np.float32, "the random image",
+                         "give a smaller --image-size", copies=3 + 2 * (sm.stride > 0))
         image = np.random.default_rng(seed).standard_normal((1, channels, image_size, image_size)).astype(np.float32)
     elif not isinstance(image, np.ndarray):
         image = load_image(image)

@@ -90,9 +90,28 @@ def _from_spec(spec, signature, shapes, kind) -> ValidationSet:
     counts = {len(a) for a in feeds.values()}
     if len(counts) != 1:
         raise UserInputError(f"{kind} {spec}: the inputs have different sample counts ({sorted(counts)})")
-    if labels is not None and len(labels) != counts.pop():
-        raise UserInputError(f"{kind} {spec}: {len(labels)} labels for {len(next(iter(feeds.values())))} samples")
+    if labels is not None:
+        labels = _checked_labels(labels, f"{kind} {spec}")
+        if len(labels) != counts.pop():
+            raise UserInputError(f"{kind} {spec}: {len(labels)} labels for {len(next(iter(feeds.values())))} samples")
     return ValidationSet(feeds, labels, label)
+
+
+def _checked_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    """Class indices, one per sample: whole numbers >= 0 (whether each is one of the model's classes is checked
+    where the outputs are known, in `accuracy`)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise UserInputError(f"{where}: 'y' has shape {list(labels.shape)}; give one class index per sample, shape [N] "
+                             "(for one-hot labels, save y.argmax(1))")
+    if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f" and not np.all(np.isfinite(labels)
+                                                                                    & (labels == np.round(labels)))):
+        raise UserInputError(f"{where}: 'y' holds {labels.dtype} values that are not whole numbers; give class indices")
+    if labels.size and labels.min() < 0:
+        raise UserInputError(f"{where}: 'y' holds the negative label {int(labels.min())}; give class indices from 0")
+    return labels.astype(np.int64)
 
 
 def _npz(path: Path, names) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -210,6 +229,9 @@ def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None
 def accuracy(output: np.ndarray, labels: np.ndarray | None) -> float | None:
     if labels is None or output.ndim != 2 or len(labels) != len(output):
         return None
+    if labels.size and int(labels.max()) >= output.shape[1]:
+        raise UserInputError(f"the labels go up to class {int(labels.max())}, and the model scores {output.shape[1]} "
+                             f"classes (0-{output.shape[1] - 1}): give labels of this model's classes")
     return float(np.mean(output.argmax(1) == labels.reshape(-1)))
 
 

@@ -71,6 +71,37 @@ def corpus(tmp_path_factory, exported):
     from onnxruntime.quantization import quantize_dynamic
 
     quantize_dynamic(str(good), str(root / "quantized.onnx"))  # ORT's own: DynamicQuantizeLinear, MatMulInteger
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    def one_node(name, node, inputs, outputs, initializers=()):
+        graph = helper.make_graph([node], name, inputs, outputs, list(initializers))
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(root / f"{name}.onnx"))
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    one_node("absurd", helper.make_node("Conv", ["x", "w"], ["y"]),
+             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [100000, 3, 100000, 100000])],
+             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    one_node("conv_only", helper.make_node("Conv", ["x", "w"], ["y"]),
+             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    one_node("strings", helper.make_node("Identity", ["x"], ["y"]),
+             [helper.make_tensor_value_info("x", TensorProto.STRING, ["N", 2])],
+             [helper.make_tensor_value_info("y", TensorProto.STRING, ["N", 2])])
+    one_node("sequence", helper.make_node("SequenceConstruct", ["x", "x"], ["y"]),
+             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+             [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)])
+    np.save(root / "float_max.npy", np.full((4, 1, 8, 8), 3.0e38, np.float32))
+    (root / "corrupt_images").mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "corrupt_images" / "a.png")
+    whole = (root / "corrupt_images" / "a.png").read_bytes()
+    (root / "corrupt_images" / "a.png").write_bytes(whole[: len(whole) // 2])
+    x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
+    for name, labels in (("labels_2d", np.zeros((4, 2), np.int64)), ("labels_out_of_range", np.array([50, 1, 3, 2])),
+                         ("labels_negative", np.array([-1, 1, 3, 2])), ("labels_fractional", np.array([0.5, 1, 3, 2]))):
+        np.savez(root / f"{name}.npz", x=x, y=labels)
     return root
 
 
@@ -165,6 +196,34 @@ CASES = [
      2, ["is a file"]),
     ("build-gpu-backend-missing", ["build", "{root}/digits.onnx", "--backend", "ort-cuda", "-o", "{out}"],
      4, ["ort-cuda needs"]),
+    # -- what a model declares or a shape asks for is refused before it is allocated
+    ("optimize-absurd-declared-dims", ["optimize", "{root}/absurd.onnx", "-o", "{out}"], 2, ["PiB of memory"]),
+    ("inspect-shape-beyond-int64", ["inspect", "{root}/digits.onnx", "--input-shape", "99999999999999999999,1,8,8"],
+     2, ["beyond 2,147,483,647"]),
+    ("bench-batch-too-large", ["bench", "{root}/digits.onnx", "--batch", "100000000", "--iterations", "1"],
+     2, ["a batch of 100000000", "smaller --batch"]),
+    ("slide-image-too-large", ["slide", "{root}/digits.onnx", "--image-size", "1000000"], 2, ["smaller --image-size"]),
+    ("export-shape-too-large", ["export", "digits", "--input-shape", "100000,1,800,800", "-o", "{out}"],
+     2, ["smaller --input-shape"]),
+    ("slide-nothing-to-slide", ["slide", "{root}/conv_only.onnx", "--image-size", "16"], 2, ["nothing to slide"]),
+    # -- inputs and outputs deploykit cannot sample or compare
+    ("inspect-string-input", ["inspect", "{root}/strings.onnx"], 2, ["holds strings"]),
+    ("optimize-string-input", ["optimize", "{root}/strings.onnx", "-o", "{out}"], 2, ["holds strings"]),
+    ("bench-string-input", ["bench", "{root}/strings.onnx", "--iterations", "1"], 2, ["holds strings"]),
+    ("optimize-sequence-output", ["optimize", "{root}/sequence.onnx", "-o", "{out}"], 2, ["not a tensor"]),
+    # -- data: what would be silently wrong or die inside a library
+    ("optimize-calibration-float-max", ["optimize", "{root}/digits.onnx", "-o", "{out}", "--int8",
+                                        "--calibration", "{root}/float_max.npy"], 2, ["too wide for an int8 scale"]),
+    ("optimize-calibration-corrupt-image", ["optimize", "{root}/digits.onnx", "-o", "{out}", "--int8",
+                                            "--calibration", "{root}/corrupt_images"], 2, ["cannot read the image"]),
+    ("optimize-labels-2d", ["optimize", "{root}/digits.onnx", "-o", "{out}", "--fp16", "--validate",
+                            "{root}/labels_2d.npz"], 2, ["one class index per sample"]),
+    ("optimize-labels-out-of-range", ["optimize", "{root}/digits.onnx", "-o", "{out}", "--fp16", "--validate",
+                                      "{root}/labels_out_of_range.npz"], 2, ["up to class 50", "10 classes"]),
+    ("optimize-labels-negative", ["optimize", "{root}/digits.onnx", "-o", "{out}", "--fp16", "--validate",
+                                  "{root}/labels_negative.npz"], 2, ["negative label -1"]),
+    ("optimize-labels-fractional", ["optimize", "{root}/digits.onnx", "-o", "{out}", "--fp16", "--validate",
+                                    "{root}/labels_fractional.npz"], 2, ["not whole numbers"]),
     # -- serve: its log is an output like any other
     ("serve-log-over-model", ["serve", "{root}/digits.onnx", "--log-file", "{root}/digits.onnx"], 2, ["is the input"]),
     ("serve-log-in-missing-folder", ["serve", "{root}/digits.onnx", "--log-file", "{root}/nodir/t.log"],

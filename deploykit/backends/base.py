@@ -200,5 +200,6 @@ def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict
             else:
                 flag = "--input-shape" if len(runner.input_names) == 1 else f"--input-shape {name}:..."
                 raise UserInputError(f"input {name!r} has a dynamic dimension {i}: give its shape with {flag}")
-        feeds[name] = sample_array(rng, shape, np.dtype(_ORT_DTYPES.get(runner.input_types.get(name, ""), np.float32)))
+        feeds[name] = sample_array(rng, shape, np.dtype(_ORT_DTYPES.get(runner.input_types.get(name, ""), np.float32)),
+                                   name)
     return feeds

@@ -177,6 +177,14 @@ class QuantizeInt8Pass(RebuildPass):
                             extra_options={"ActivationSymmetric": not ort_target, "WeightSymmetric": True,
                                            "CalibStridedMinMax": stride},
                         )
+                except AssertionError as exc:
+                    if "scale" not in str(exc):
+                        raise
+                    # ORT's quantizer asserts when a range is too wide for a float32 scale.
+                    peak = float(np.max(np.abs(data))) if np.size(data) else 0.0
+                    raise UserInputError(
+                        f"a tensor's calibrated range is too wide for an int8 scale (the calibration data reaches "
+                        f"{peak:.3g}): give calibration data scaled as the model's inputs are in use") from None
                 finally:
                     root.setLevel(level)
                 return onnx.load(str(dst))
