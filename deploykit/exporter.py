@@ -266,6 +266,12 @@ def _run_exporter(torch, module, examples, path, output_names, dynamic_axes, ops
                 program.save(str(path))
     except DeploykitError:
         raise
+    except OSError as exc:
+        from .io import storage_error
+
+        if storage_error(exc) is not None:
+            raise storage_error(exc) from exc  # a full disk is not the exporter's fault: another one cannot help
+        raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DeploykitError(f"the {exporter} exporter failed: {first} (try --exporter "

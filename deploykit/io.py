@@ -7,6 +7,7 @@ name in the destination directory and is renamed into place only once complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -68,6 +69,13 @@ def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
         if blocker is not None and not blocker.is_dir():
             raise UserInputError(f"cannot write {out}: {blocker} is a file, not a directory; choose another -o path")
         raise UserInputError(f"cannot write {out}: directory {parent} does not exist; create it first")
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(out.name.encode()) > name_max:
+        raise UserInputError(f"cannot write {out.name[:40]}...: the file name is {len(out.name.encode())} bytes, more "
+                             f"than this file system's {name_max}; choose a shorter -o name")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserInputError(f"cannot write {out}: directory {parent} is not writable; choose another -o path")
     for source in inputs:
@@ -75,6 +83,26 @@ def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
             raise UserInputError(f"output {out} is the input {source}: deploykit never writes over its inputs; "
                                  "give another output path")
     return out
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                   errno.EPERM: "not permitted", errno.ENAMETOOLONG: "the name is too long"}
+
+
+def storage_error(exc: OSError) -> UserInputError | None:
+    """The one-line error for a write the file system refused (full, read-only, no permission), else None."""
+    why = _STORAGE_ERRNOS.get(exc.errno)
+    if why is None:
+        return None
+    where = exc.filename or "the output"
+    return UserInputError(f"cannot write {where}: {why} ({exc.strerror}); free some space or choose another output "
+                          "path; nothing was written")
+
+
+def _short(name: str) -> str:
+    """A temporary's stem: the output's name cut so that prefix + random part + suffix stay within NAME_MAX."""
+    return name[:100]
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -118,7 +146,7 @@ def atomic_path(path: str | os.PathLike, inputs=()) -> Iterator[Path]:
     a serving process running as another user must be able to read the model.
     """
     out = check_output_path(path, inputs)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{_short(out.name)}.", suffix=".tmp", dir=out.parent or ".")
     os.close(fd)
     with temporary(Path(tmp_name)) as tmp:
         yield tmp
@@ -187,7 +215,7 @@ def save_model(model, path: str | os.PathLike, external_weights: bool = False, i
 def _staged_write(out: Path, write) -> Path:
     """`write(path)` into a private folder beside `out`, then its files renamed into place, the side file
     (OUT.data) before the model, so no reader sees a model whose weights are half-written."""
-    with temporary(Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))) as staging:
+    with temporary(Path(tempfile.mkdtemp(prefix=f".{_short(out.name)}.", suffix=".tmp", dir=out.parent))) as staging:
         write(staging / out.name)
         mode = 0o666 & ~_current_umask()
         for name in (out.name + ".data", out.name):

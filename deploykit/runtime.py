@@ -77,6 +77,9 @@ class Engine:
                  session_options: Any = None, provider_options: Sequence[dict] | None = None,
                  precision: str | None = None):
         path = Path(model)
+        if path.is_dir():
+            raise UserInputError(f"{path} is a directory: give the model file inside it (an .onnx, an ov-cpu .xml or "
+                                 "a trt .plan)")
         if not path.is_file():
             raise UserInputError(f"model file {path} does not exist")
         self.path = path
@@ -139,7 +142,8 @@ class Engine:
         self.inputs = [(i.name, tuple(i.shape), i.type) for i in self._session.get_inputs()]
         self.outputs = [o.name for o in self._session.get_outputs()]
         self._run_options = ort.RunOptions()
-        self._run_options.log_severity_level = 3
+        # Run-time failures reach the caller as exceptions; ORT would also print each one at level 3 (error).
+        self._run_options.log_severity_level = 4
 
     @property
     def providers(self) -> list[str]:
@@ -175,6 +179,12 @@ class Engine:
                 raise UserInputError(f"this Engine for {self.path.name} is closed: create a new one") from None
             from .verify import runtime_message
 
+            message = runtime_message(exc)
+            if "while running" in message:  # the inputs were accepted; a node failed on their values
+                raise UserInputError(f"{self.path.name} failed on these input values "
+                                     f"({', '.join(f'{n} {_pretty_shape(a.shape)}' for n, a in checked.items())}): "
+                                     f"{message}; the shapes and types are right, check the values (indices within "
+                                     "the model's tables, lengths within its limits)") from exc
             raise ShapeMismatchError(f"ONNX Runtime refused the inputs of {self.path.name} "
                                      f"({', '.join(f'{n} {_pretty_shape(a.shape)}' for n, a in checked.items())}): "
                                      f"{runtime_message(exc)}") from exc

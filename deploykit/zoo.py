@@ -88,6 +88,9 @@ def _load_factory(path: str, factory: str):
     sys.path.insert(0, str(file.parent.resolve()))
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # not a reason to end deploykit with that status, and with nothing said
+        raise UserInputError(f"importing {file} called sys.exit({exc.code!r}): a model file must define its "
+                             "factory, not exit; guard script code with if __name__ == '__main__'") from None
     except Exception as exc:
         raise UserInputError(f"importing {file} failed: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -101,6 +104,9 @@ def _load_factory(path: str, factory: str):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(BUILD_SEED)
             net = fn()
+    except SystemExit as exc:
+        raise UserInputError(f"{file}:{factory}() called sys.exit({exc.code!r}) instead of returning a "
+                             "torch.nn.Module") from None
     except Exception as exc:
         raise UserInputError(f"{file}:{factory}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(net, torch.nn.Module):

@@ -98,6 +98,8 @@ def corpus(tmp_path_factory, exported):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "corrupt_images" / "a.png")
     whole = (root / "corrupt_images" / "a.png").read_bytes()
     (root / "corrupt_images" / "a.png").write_bytes(whole[: len(whole) // 2])
+    (root / "exits.py").write_text("import sys\ndef build():\n    sys.exit(0)\n")
+    (root / "exits_on_import.py").write_text("import sys\nsys.exit(0)\ndef build():\n    pass\n")
     x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
     for name, labels in (("labels_2d", np.zeros((4, 2), np.int64)), ("labels_out_of_range", np.array([50, 1, 3, 2])),
                          ("labels_negative", np.array([-1, 1, 3, 2])), ("labels_fractional", np.array([0.5, 1, 3, 2]))):
@@ -105,7 +107,7 @@ def corpus(tmp_path_factory, exported):
     return root
 
 
-# (id, argv with {root} and {out} placeholders, exit code, fragments the error line must contain)
+# (id, argv with {root}, {out} and {dir} (the output's folder) placeholders, exit code, fragments the error line must contain)
 CASES = [
     # -- export: never over its own inputs, finite options, real paths
     ("export-over-factory", ["export", "{root}/net.py:build", "--input-shape", "1,1,8,8", "-o", "{root}/net.py"],
@@ -228,6 +230,23 @@ CASES = [
     ("serve-log-over-model", ["serve", "{root}/digits.onnx", "--log-file", "{root}/digits.onnx"], 2, ["is the input"]),
     ("serve-log-in-missing-folder", ["serve", "{root}/digits.onnx", "--log-file", "{root}/nodir/t.log"],
      2, ["does not exist"]),
+    ("build-ort-cpu-ignores-fp16", ["build", "{root}/digits.onnx", "--backend", "ort-cpu", "--fp16", "-o", "{out}"],
+     2, ["does not use --fp16", "optimize --fp16"]),
+    ("build-ort-cpu-ignores-profile", ["build", "{root}/digits.onnx", "--backend", "ort-cpu", "--min-shape", "1,1,8,8",
+                                       "--workspace", "64", "-o", "{out}"], 2, ["--min-shape, --workspace"]),
+    ("build-profile-min-above-max", ["build", "{root}/digits.onnx", "--backend", "ort-trt", "--min-shape", "8,1,8,8",
+                                     "--max-shape", "1,1,8,8", "-o", "{out}"], 2, ["--min-shape above --max-shape"]),
+    # -- export of a factory that exits instead of returning
+    ("export-factory-exits", ["export", "{root}/exits.py:build", "--input-shape", "1,1,8,8", "-o", "{out}"],
+     2, ["called sys.exit(0)"]),
+    ("export-module-exits-on-import", ["export", "{root}/exits_on_import.py:build", "--input-shape", "1,1,8,8",
+                                       "-o", "{out}"], 2, ["called sys.exit(0)", "__main__"]),
+    # -- names
+    ("optimize-name-too-long", ["optimize", "{root}/digits.onnx", "-o", "{dir}/" + "n" * 300 + ".onnx"],
+     2, ["choose a shorter -o name"]),
+    # -- package
+    ("package-onnx-as-plan", ["package", "{root}/digits.onnx", "--triton", "{dir}/repo", "--backend", "tensorrt"],
+     2, ["not a TensorRT plan"]),
     # -- bench
     ("bench-torch-on-onnx", ["bench", "{root}/digits.onnx", "--backend", "torch", "--iterations", "2"],
      2, ["--backend torch"]),
@@ -253,9 +272,10 @@ def test_bad_input_keeps_the_contract(cli, corpus, tmp_path, case):
     _, argv, code, fragments = case
     out = tmp_path / "out" / "result.onnx"
     out.parent.mkdir()
-    argv = [a.format(root=corpus, out=out) for a in argv]
+    argv = [a.format(root=corpus, out=out, dir=out.parent) for a in argv]
     target = _output_in(argv)
-    pre_filled = target is not None and target.parent.is_dir() and not target.exists() and "/proc" not in str(target)
+    pre_filled = (target is not None and target.parent.is_dir() and not target.exists() and "/proc" not in str(target)
+                  and len(target.name) < 255)
     if pre_filled:
         target.write_bytes(SENTINEL)
     before = {p: p.read_bytes() for p in corpus.rglob("*") if p.is_file()}
@@ -276,6 +296,39 @@ def test_bad_input_keeps_the_contract(cli, corpus, tmp_path, case):
     assert not leftovers, leftovers
     for path, data in before.items():
         assert path.read_bytes() == data, f"{path} was modified"
+
+
+def test_package_leaves_no_repository_behind_when_it_fails(cli, corpus, tmp_path):
+    repo = tmp_path / "new" / "repo"
+    result = cli("package", corpus / "digits.onnx", "--triton", repo, "--max-batch-size", "8",
+                 "--preferred-batch-size", "64")
+    assert result.code == 2 and "preferred batch sizes" in result.err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs: a real ENOSPC. Needs root with mount rights (this project's machines have them)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()})")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("argv", [["optimize", "{root}/digits.onnx", "-o", "{full}/o.onnx"],
+                                  ["export", "digits", "-o", "{full}/e.onnx"],
+                                  ["package", "{root}/digits.onnx", "--triton", "{full}/repo"]],
+                         ids=["optimize", "export", "package"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(cli, corpus, full_disk, argv):
+    result = cli(*[a.format(root=corpus, full=full_disk) for a in argv])
+    assert result.code == 2, result.err
+    assert [line for line in result.err.splitlines() if line.startswith("error:")] == [result.err.splitlines()[-1]]
+    assert result.err.splitlines()[-1].startswith("error: cannot write") and "the disk is full" in result.err
+    assert "--exporter" not in result.err and "Traceback" not in result.err
+    assert list(full_disk.iterdir()) == []
 
 
 def test_engine_bad_inputs(corpus, tmp_path):

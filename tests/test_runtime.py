@@ -107,3 +107,29 @@ def test_public_functions_survive_submodule_imports():
             "from deploykit import export, inspect_model, optimize_model, load_model\n"
             "assert all(callable(f) for f in (export, inspect_model, optimize_model, load_model))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_engine_on_a_directory_says_so(tmp_path):
+    with pytest.raises(UserInputError, match="is a directory"):
+        Engine(tmp_path)
+
+
+def test_out_of_range_indices_are_a_value_error_and_print_nothing(tmp_path, capfd):
+    """Shapes and types right, values wrong: said as such (not as a shape mismatch), and ORT's own log line
+    does not reach stderr beside the exception."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.ones((5, 4), np.float32), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])], [table])
+    path = tmp_path / "gather.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    engine = Engine(path, providers="cpu")
+    capfd.readouterr()
+    with pytest.raises(UserInputError, match="failed on these input values.*idx=99") as info:
+        engine(np.array([[1, 2, 99]], np.int64))
+    assert not isinstance(info.value, ShapeMismatchError)
+    assert capfd.readouterr().err == ""
+    np.testing.assert_array_equal(engine(np.array([[0, 4, 2]], np.int64)), np.ones((1, 3, 4), np.float32))

@@ -43,4 +43,5 @@ def build(model, backend: str, output, options: BuildOptions | None = None) -> B
     chosen = get_backend(backend)
     if options is not None and options.bf16 and backend != "ov-cpu":
         raise UserInputError(f"--bf16 is OpenVINO's CPU precision: build with --backend ov-cpu, not {backend}")
+    chosen.check_options(options or BuildOptions())
     return chosen.build(Path(model), Path(output), options or BuildOptions())

@@ -112,10 +112,38 @@ class Runner:
         return {}
 
 
+# The command-line flag of each BuildOptions field, for the refusal of one a backend does not use.
+OPTION_FLAGS = {"fp16": "--fp16", "int8": "--int8", "bf16": "--bf16", "min_shape": "--min-shape",
+                "opt_shape": "--opt-shape", "max_shape": "--max-shape", "workspace_mb": "--workspace",
+                "lean_memory": "--lean-memory"}
+
+
 class Backend:
     name: str = "backend"
     device: str = "cpu"
     needs: str = ""  # what to install, for the unavailable message
+    # The BuildOptions fields this backend's build honours; any other one given is refused, not ignored.
+    honours: frozenset[str] = frozenset(OPTION_FLAGS)
+
+    def check_options(self, options: "BuildOptions") -> None:
+        """Refuse build options this backend would ignore, and profile bounds that contradict each other."""
+        default = BuildOptions()
+        ignored = [OPTION_FLAGS[f] for f in OPTION_FLAGS if f not in self.honours
+                   and getattr(options, f) != getattr(default, f)]
+        if ignored:
+            hint = (": write an fp16 or int8 model with 'deploykit optimize --fp16/--int8' and build that"
+                    if {"--fp16", "--int8"} & set(ignored) else "")
+            raise UserInputError(f"--backend {self.name} does not use {', '.join(ignored)}{hint}")
+        names = sorted({n for shape in (options.min_shape, options.opt_shape, options.max_shape)
+                        if shape and isinstance(shape[0], tuple) for n, _ in shape}) or [None]
+        for name in names:
+            lo, opt, hi = options.profile(name, name is None) or (None, None, None)
+            for a, b, what in ((lo, hi, "--min-shape above --max-shape"), (lo, opt, "--min-shape above --opt-shape"),
+                               (opt, hi, "--opt-shape above --max-shape")):
+                if a is not None and b is not None and (len(a) != len(b) or any(x > y for x, y in zip(a, b))):
+                    raise UserInputError(f"profile{f' of {name!r}' if name else ''}: {what} "
+                                         f"({'x'.join(map(str, a))} vs {'x'.join(map(str, b))}); give min <= opt <= "
+                                         "max in every dimension")
 
     def check_available(self) -> None:
         """Raise BackendUnavailableError with one line saying what is missing."""

@@ -80,6 +80,7 @@ class OpenVinoBackend(Backend):
     name = "ov-cpu"
     device = "cpu"
     needs = "OpenVINO: pip install 'deploykit[openvino]'"
+    honours = frozenset({"bf16", "int8", "fp16"})  # fp16 is refused by precision() with its own reason
 
     def check_available(self) -> None:
         ov = import_openvino()

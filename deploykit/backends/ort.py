@@ -27,6 +27,10 @@ class OrtBackend(Backend):
         self.provider = _PROVIDERS[name]
         self.device = "cpu" if name == "ort-cpu" else "cuda"
         self.needs = "" if name == "ort-cpu" else "onnxruntime-gpu and a CUDA GPU: pip install 'deploykit[gpu]'"
+        # Precision and profiles are settings of ORT's TensorRT provider only; the CPU and CUDA providers run
+        # the model's own types.
+        self.honours = frozenset({"lean_memory"} | ({"fp16", "int8", "min_shape", "opt_shape", "max_shape",
+                                                      "workspace_mb"} if name == "ort-trt" else set()))
 
     def check_available(self) -> None:
         try:

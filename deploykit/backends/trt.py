@@ -68,6 +68,7 @@ def sidecar_path(plan: Path) -> Path:
 
 class TrtBackend(Backend):
     name = "trt"
+    honours = frozenset({"fp16", "int8", "min_shape", "opt_shape", "max_shape", "workspace_mb"})
     device = "cuda"
     needs = NEEDS
 

@@ -24,6 +24,7 @@ poll the repository) never sees half an entry; an existing entry of that name is
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import shutil
 import tempfile
@@ -74,6 +75,9 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
     backend = backend or implied
     if backend not in PLATFORMS:
         raise UserInputError(f"--backend {backend!r} cannot be packaged: choose {', '.join(PLATFORMS)}")
+    if backend == "tensorrt" and implied != "tensorrt":
+        raise UserInputError(f"{source.name} is not a TensorRT plan: build one with 'deploykit build --backend trt' on "
+                             "the GPU machine that will serve it, then package the .plan")
     if implied != "onnxruntime" and backend != implied:
         raise UserInputError(f"{source.name} is a {implied} artefact: package it with --backend {implied}, or "
                              "package the ONNX model it was built from")
@@ -97,7 +101,6 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise UserInputError(f"{repo} is a file: --triton needs a model repository folder")
-    repo.mkdir(parents=True, exist_ok=True)
     entry = repo / name
     if entry.exists() and not force:
         raise UserInputError(f"{entry} already exists (another model's entry?): choose another --name, or --force "
@@ -121,17 +124,25 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
     text = _config_text(name, backend, max_batch_size, inputs, outputs,
                         dynamic_batching and max_batch_size > 0, preferred_batch_sizes, max_queue_delay_us,
                         instances, kind, gpu_accelerator)
-    with io.temporary(Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))) as staging:
-        (staging / str(version)).mkdir()
-        _write_model(source, backend, staging / str(version) / MODEL_FILES[backend])
-        (staging / "config.pbtxt").write_text(text)
-        os.chmod(staging, 0o777 & ~_umask())
-        if entry.exists():
-            with io.temporary(Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=repo))) as old:
-                os.replace(entry, old / name)
+    created = [p for p in [repo, *repo.parents] if not p.exists()]  # removed again if the entry is not written
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+        with io.temporary(Path(tempfile.mkdtemp(prefix=f".{name[:100]}.", suffix=".tmp", dir=repo))) as staging:
+            (staging / str(version)).mkdir()
+            _write_model(source, backend, staging / str(version) / MODEL_FILES[backend])
+            (staging / "config.pbtxt").write_text(text)
+            os.chmod(staging, 0o777 & ~_umask())
+            if entry.exists():
+                with io.temporary(Path(tempfile.mkdtemp(prefix=f".{name[:100]}.old.", dir=repo))) as old:
+                    os.replace(entry, old / name)
+                    os.replace(staging, entry)
+            else:
                 os.replace(staging, entry)
-        else:
-            os.replace(staging, entry)
+    except BaseException:
+        for folder in created:  # deepest first; only what this call made and left empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return PackageResult(entry, entry / "config.pbtxt", entry / str(version) / MODEL_FILES[backend],
                          PLATFORMS[backend], max_batch_size, inputs, outputs)
 
