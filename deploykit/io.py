@@ -58,6 +58,13 @@ def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
     """Fail early, before any work, when the output cannot be written or would replace one of `inputs`."""
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX") if parent.is_dir() else 255
+    except (OSError, ValueError):
+        name_max = 255
+    if len(out.name.encode()) > name_max:
+        raise UserInputError(f"cannot write {out.name[:40]}...: the file name is {len(out.name.encode())} bytes, more "
+                             f"than this file system's {name_max}; choose a shorter -o name")
     if out.is_dir():
         raise UserInputError(f"output path {out} is a directory: give a file name such as {out / 'model.onnx'}")
     resolved = Path(os.path.abspath(out))
@@ -69,13 +76,6 @@ def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
         if blocker is not None and not blocker.is_dir():
             raise UserInputError(f"cannot write {out}: {blocker} is a file, not a directory; choose another -o path")
         raise UserInputError(f"cannot write {out}: directory {parent} does not exist; create it first")
-    try:
-        name_max = os.pathconf(parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    if len(out.name.encode()) > name_max:
-        raise UserInputError(f"cannot write {out.name[:40]}...: the file name is {len(out.name.encode())} bytes, more "
-                             f"than this file system's {name_max}; choose a shorter -o name")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserInputError(f"cannot write {out}: directory {parent} is not writable; choose another -o path")
     for source in inputs:

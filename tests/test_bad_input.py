@@ -274,8 +274,8 @@ def test_bad_input_keeps_the_contract(cli, corpus, tmp_path, case):
     out.parent.mkdir()
     argv = [a.format(root=corpus, out=out, dir=out.parent) for a in argv]
     target = _output_in(argv)
-    pre_filled = (target is not None and target.parent.is_dir() and not target.exists() and "/proc" not in str(target)
-                  and len(target.name) < 255)
+    pre_filled = (target is not None and len(target.name) < 255 and target.parent.is_dir() and not target.exists()
+                  and "/proc" not in str(target))
     if pre_filled:
         target.write_bytes(SENTINEL)
     before = {p: p.read_bytes() for p in corpus.rglob("*") if p.is_file()}
