@@ -152,3 +152,20 @@ def test_bench_runs_integer_and_scalar_inputs(tmp_path):
 
     report = bench([str(path)], ["ort-cpu"], [2], warmup=1, iterations=3, measure_ceiling=False)
     assert len(report.results) == 1 and report.results[0].stats["images_per_s"] > 0
+
+
+def test_bench_keeps_a_recurrent_state_at_its_fixed_size(tmp_path):
+    """An audio model's state input [1, 1, H] beside its batched frames: only dynamic first dimensions take the
+    batch (silero VAD's h and c are fixed at 1 whatever the number of frames)."""
+    from onnx import TensorProto, helper
+
+    path = _save_model(tmp_path / "stateful.onnx",
+                       [helper.make_node("ReduceMean", ["frames"], ["m"], axes=[1], keepdims=1),
+                        helper.make_node("Add", ["state", "m"], ["next_state"])],
+                       [helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["n", 16]),
+                        helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 1, 1])],
+                       [helper.make_tensor_value_info("next_state", TensorProto.FLOAT, None)])
+    from deploykit.bench import bench
+
+    report = bench([str(path)], ["ort-cpu"], [1, 4], warmup=1, iterations=3, measure_ceiling=False)
+    assert [r.batch for r in report.results] == [1, 4]

@@ -219,10 +219,10 @@ def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict
         declared = list(declared)
         shape = []
         for i, d in enumerate(declared):
-            if i == 0:
+            if isinstance(d, int) and d > 0:
+                shape.append(d)  # a fixed first dimension (a recurrent state's) is not the batch
+            elif i == 0:
                 shape.append(batch)
-            elif isinstance(d, int) and d > 0:
-                shape.append(d)
             elif fallback_shape is not None:
                 shape.append(int(fallback_shape[i]))
             else:
