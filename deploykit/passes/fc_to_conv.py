@@ -52,16 +52,17 @@ class FcToConvPass(GraphPass):
         image = graph.inputs[0]
         converted = 0
         for head in heads:
-            first_fc = sole_consumer(head.outputs[0])
-            if first_fc is None or first_fc.op_type not in ("Gemm", "MatMul"):
+            first_fcs = [u.node for u in head.outputs[0].uses()]
+            if not first_fcs or any(n.op_type not in ("Gemm", "MatMul") for n in first_fcs):
                 continue
             volume = head.inputs[0]
             reason = self._check_volume(head, volume)
             if reason:
-                self.note(f"left {first_fc.name}: {reason}")
+                self.note(f"left {', '.join(n.name for n in first_fcs)}: {reason}")
                 continue
             self._check_sliding(volume, image)
-            converted += self._convert_chain(graph, head, first_fc, volume)
+            self._check_heads(first_fcs)
+            converted += self._convert_chain(graph, head, first_fcs, volume)
         if not converted:
             raise UserInputError("--fc-to-conv found no fully-connected layer reading a flattened CxHxW volume "
                                  "(see the notes with --report); the model is left as it is")
@@ -102,7 +103,7 @@ class FcToConvPass(GraphPass):
             stack.extend(i for i in node.inputs if i is not None and i.const_value is None)
 
     # -- rewrite ------------------------------------------------------------------------------
-    def _convert_chain(self, graph: ir.Graph, head: ir.Node, fc: ir.Node, volume: ir.Value) -> int:
+    def _convert_chain(self, graph: ir.Graph, head: ir.Node, first_fcs: list[ir.Node], volume: ir.Value) -> int:
         c, h, w = (int(d) for d in volume.shape[1:])
         pool = volume.producer()
         if pool is not None and pool.op_type == "GlobalAveragePool":
@@ -118,22 +119,25 @@ class FcToConvPass(GraphPass):
             graph.remove(pool, safe=True)
             self.note(f"{pool.name}: global average pool -> {window[0]}x{window[1]} average pool, stride 1")
         converted = 0
-        x, kernel, current = head.inputs[0], (h, w), fc
-        replace_value(head.outputs[0], x)
+        replace_value(head.outputs[0], head.inputs[0])
         graph.remove(head, safe=True)
-        while current is not None:
+        # A head may branch (class scores and boxes after one shared FC): every FC of the tree is converted, each
+        # reading its parent's channels through a kernel of the parent's output size.
+        pending = [(fc, c, (h, w)) for fc in first_fcs]
+        while pending:
+            current, channels, kernel = pending.pop(0)
             weight_bias = self._fc_weights(current)
             if weight_bias is None:
-                self.note(f"stopped at {current.name}: not a Gemm/MatMul with constant weights")
-                break
+                raise UserInputError(f"--fc-to-conv refused: {current.name} is not a Gemm/MatMul with constant "
+                                     "weights, and it reads a layer this pass turns into a convolution")
             weight, bias, last = weight_bias  # weight (O, K), last: the node whose output is the FC's result
-            k_expected = c * kernel[0] * kernel[1]
+            k_expected = channels * kernel[0] * kernel[1]
             if weight.shape[1] != k_expected:
                 raise UserInputError(f"--fc-to-conv refused: {current.name} reads {weight.shape[1]} values, "
-                                     f"not the {k_expected} of a {c}x{kernel[0]}x{kernel[1]} volume")
+                                     f"not the {k_expected} of a {channels}x{kernel[0]}x{kernel[1]} volume")
             o = weight.shape[0]
-            w_val = add_initializer(graph, f"{current.name}_conv_weight", weight.reshape(o, c, *kernel))
-            inputs = [x, w_val]
+            w_val = add_initializer(graph, f"{current.name}_conv_weight", weight.reshape(o, channels, *kernel))
+            inputs = [current.inputs[0], w_val]
             if bias is not None:
                 inputs.append(add_initializer(graph, f"{current.name}_conv_bias", bias))
             conv = ir.node("Conv", inputs, {"kernel_shape": list(kernel), "strides": [1, 1], "pads": [0, 0, 0, 0]},
@@ -141,13 +145,62 @@ class FcToConvPass(GraphPass):
             graph.insert_before(current, conv)
             replace_value(last.outputs[0], conv.outputs[0])
             graph.remove([last, current] if last is not current else current, safe=True)
-            self.note(f"{current.name}: FC {weight.shape[1]}->{o} -> Conv {kernel[0]}x{kernel[1]} ({c}->{o})")
+            self.note(f"{current.name}: FC {weight.shape[1]}->{o} -> Conv {kernel[0]}x{kernel[1]} ({channels}->{o})")
             converted += 1
-            c, kernel = o, (1, 1)
-            current = self._next_fc(conv.outputs[0])
-            if current is not None:
-                x = current.inputs[0]  # what the next FC reads: the activation after this layer
+            following, _ = self._next_fcs(conv.outputs[0], rewrite=True)
+            pending.extend((fc, o, (1, 1)) for fc in following)
         return converted
+
+    def _check_heads(self, first_fcs: list[ir.Node]) -> None:
+        """Before any rewrite: every op the converted layers feed must take an (N, O, h, w) map, else refuse."""
+        pending = list(first_fcs)
+        while pending:
+            fc = pending.pop()
+            weight_bias = self._fc_weights(fc)
+            if weight_bias is None:
+                raise UserInputError(f"--fc-to-conv refused: {fc.name} is not a Gemm/MatMul with constant weights, "
+                                     "and it reads a layer this pass would turn into a convolution")
+            following, blockers = self._next_fcs(weight_bias[2].outputs[0], rewrite=False)
+            if blockers:
+                node = blockers[0]
+                raise UserInputError(f"--fc-to-conv refused: {node.name or node.op_type} ({node.op_type}) reads the "
+                                     f"output of {fc.name} and takes only (N, K) vectors, not the (N, K, h, w) maps "
+                                     "the conversion makes; the model is left as it is")
+            pending.extend(following)
+
+    def _next_fcs(self, value: ir.Value, rewrite: bool) -> tuple[list[ir.Node], list[ir.Node]]:
+        """The FC layers reached from a converted layer's output through element-wise ops, on every branch, and
+        the ops that stop the walk without being element-wise. With rewrite=True, ops whose parameters index
+        the class axis (Softmax's axis, PRelu's per-channel slope) are adapted to the (N, O, h, w) layout."""
+        fcs, blockers, values, seen = [], [], [value], set()
+        while values:
+            for use in list(values.pop().uses()):
+                node = use.node
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if node.op_type in ("Gemm", "MatMul"):
+                    fcs.append(node)
+                    continue
+                if node.op_type == "Softmax":
+                    if attr(node, "axis", -1) not in (1, -1):
+                        blockers.append(node)
+                        continue
+                    if rewrite:
+                        node.attributes["axis"] = ir.AttrInt64("axis", 1)  # the class axis of an (N, O, h, w) map
+                elif node.op_type == "PRelu":
+                    slope = const(node.inputs[1])
+                    if slope is None or slope.size > 1 and slope.ndim > 1 and slope.shape[-1] != slope.size:
+                        blockers.append(node)
+                        continue
+                    if rewrite and slope.size > 1:  # one slope per channel: along axis 1 of the map
+                        node.replace_input_with(1, add_initializer(node.graph, f"{node.name}_slope_nchw",
+                                                                   slope.reshape(-1, 1, 1)))
+                elif node.op_type not in ELEMENTWISE_HEAD_OPS:
+                    blockers.append(node)
+                    continue
+                values.extend(o for o in node.outputs if o is not None)
+        return fcs, blockers
 
     def _fc_weights(self, node: ir.Node):
         """(weight as (O, K), bias or None, node producing the final value) for Gemm or MatMul[+Add]."""
@@ -172,23 +225,6 @@ class FcToConvPass(GraphPass):
                     return np.ascontiguousarray(w.T), b.reshape(-1), add
             return np.ascontiguousarray(w.T), None, node
         return None
-
-    def _next_fc(self, value: ir.Value) -> ir.Node | None:
-        """Walk element-wise ops after a converted layer; return the next FC layer if there is one."""
-        while True:
-            node = sole_consumer(value)
-            if node is None:
-                return None
-            if node.op_type in ("Gemm", "MatMul"):
-                return node
-            if node.op_type == "Softmax":
-                if attr(node, "axis", -1) in (1, -1):
-                    node.attributes["axis"] = ir.AttrInt64("axis", 1)  # the class axis of an (N, O, h, w) map
-                value = node.outputs[0]
-                continue
-            if node.op_type not in ELEMENTWISE_HEAD_OPS:
-                return None
-            value = node.outputs[0]
 
     def _make_spatial_dynamic(self, model: ir.Model, image: ir.Value) -> None:
         graph = model.graph

@@ -165,3 +165,54 @@ def test_matmul_add_head(tmp_path):
     onnx.save_model(proto, str(path))
     scores = slide(path, big)
     np.testing.assert_allclose(scores, evaluate_crops(path, big, (5, 5), 1), rtol=1e-5, atol=1e-5)
+
+
+class TwoHeads(nn.Module):
+    """A detector-style head: flatten (CHW order), a shared FC, a per-channel PReLU, then class and box FCs."""
+
+    def __init__(self, tail=None):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(8 * 5 * 5, 32)
+        self.act = nn.PReLU(32)
+        self.cls = nn.Linear(32, 10)
+        self.box = nn.Linear(32, 4)
+        self.tail = tail
+        with torch.no_grad():
+            self.act.weight.copy_(torch.linspace(0.05, 0.6, 32))  # one distinct slope per channel
+
+    def forward(self, x):
+        f = self.act(self.fc(torch.flatten(self.body(x), 1)))
+        boxes = self.box(f)
+        return self.cls(f), boxes.reshape(-1, 2, 2) if self.tail == "reshape" else boxes
+
+
+def test_a_branching_head_after_prelu_converts_every_fc(tmp_path):
+    torch.manual_seed(0)
+    net = TwoHeads().eval()
+    path = _export(tmp_path, net, (1, 3, 12, 12))
+    model = to_ir(onnx.load(str(path)))
+    CleanupPass()(model)
+    FcToConvPass()(model)
+    assert "Gemm" not in ops(model) and "MatMul" not in ops(model)
+    proto = __import__("onnx_ir").to_proto(model)
+    # A 16x16 image holds 3x3 crops of 12x12 at the body's stride 2; the body has no padding, so each cell is
+    # exactly its crop run through the original network.
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    scores, boxes = ort_run(proto, {proto.graph.input[0].name: x})
+    assert scores.shape == (1, 10, 3, 3) and boxes.shape == (1, 4, 3, 3)
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(3):
+                cls, box = net(torch.from_numpy(x[:, :, 2 * i:2 * i + 12, 2 * j:2 * j + 12]))
+                np.testing.assert_allclose(scores[0, :, i, j], cls[0].numpy(), rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(boxes[0, :, i, j], box[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_head_that_reshapes_an_fc_output_is_refused_before_any_rewrite(tmp_path, cli):
+    torch.manual_seed(0)
+    path = _export(tmp_path, TwoHeads(tail="reshape").eval(), (1, 3, 12, 12))
+    out = tmp_path / "out.onnx"
+    result = cli("optimize", path, "--fc-to-conv", "-o", out)
+    assert result.code == 2 and "takes only (N, K) vectors" in result.err and "Reshape" in result.err
+    assert not out.exists()
