@@ -282,6 +282,15 @@ class BottleneckPass(GraphPass):
                     f"({judge.what}): even with every rank raised {RAISE_STEPS - 1}/{RAISE_STEPS} of the way to its "
                     f"break-even it costs {drops.get(RAISE_STEPS - 1, drops[max(drops)]):.2f}; ask for a milder "
                     "bottleneck or a larger --max-accuracy-drop; nothing was written")
+            if not raised(hi):
+                # The ranks that hold the budget are so near break-even that every layer is left whole: the
+                # "result" would be the input, reported as a bottleneck that was not made.
+                raise VerificationError(
+                    f"--bottleneck {self.mode}={self.value:g} cannot hold an accuracy drop of {allowance:.2f} point(s) "
+                    f"({judge.what}) with any layer factorised: the ranks that hold it ({hi}/{RAISE_STEPS} of the way "
+                    f"to break-even) leave every layer whole, and {hi - 1}/{RAISE_STEPS} costs "
+                    f"{drops.get(hi - 1, drops[0]):.2f}; only the unchanged model holds the budget: ask for a larger "
+                    "--max-accuracy-drop or drop --bottleneck; nothing was written")
             self.raised = hi
         drop = drops[self.raised]
         self.budget.spent += max(drop, 0.0)

@@ -22,6 +22,22 @@ class CleanupPass(GraphPass):
         before_inits = len(model.graph.initializers)
         modified = False
 
+        # Every later pass, the accounting and the reports name nodes: a model exported without node names (ORT's
+        # quantizer, hand-built graphs) gets unique ones, else all its layers share the name "".
+        taken = {node.name for node in model.graph if node.name}
+        unnamed = 0
+        for index, node in enumerate(model.graph):
+            if not node.name:
+                name = f"{node.op_type}_{index}"
+                while name in taken:
+                    name += "_"
+                node.name = name
+                taken.add(name)
+                unnamed += 1
+        if unnamed:
+            self.note(f"named {unnamed} unnamed node(s) after their op and position")
+            modified = True
+
         removed_dropout = 0
         for node in list(model.graph):
             if node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
