@@ -76,7 +76,8 @@ def corpus(tmp_path_factory, exported):
 
     def one_node(name, node, inputs, outputs, initializers=()):
         graph = helper.make_graph([node], name, inputs, outputs, list(initializers))
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(root / f"{name}.onnx"))
+        opsets = [helper.make_opsetid("", 17)] + [helper.make_opsetid(node.domain, 1)] * bool(node.domain)
+        onnx.save(helper.make_model(graph, opset_imports=opsets), str(root / f"{name}.onnx"))
 
     weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
     one_node("absurd", helper.make_node("Conv", ["x", "w"], ["y"]),
@@ -98,6 +99,12 @@ def corpus(tmp_path_factory, exported):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "corrupt_images" / "a.png")
     whole = (root / "corrupt_images" / "a.png").read_bytes()
     (root / "corrupt_images" / "a.png").write_bytes(whole[: len(whole) // 2])
+    one_node("ort_contrib", helper.make_node("FusedConv", ["x", "w"], ["y"], domain="com.microsoft", activation="Relu"),
+             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    one_node("unknown_op", helper.make_node("NotAnOp", ["x"], ["y"]),
+             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     (root / "exits.py").write_text("import sys\ndef build():\n    sys.exit(0)\n")
     (root / "exits_on_import.py").write_text("import sys\nsys.exit(0)\ndef build():\n    pass\n")
     x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
@@ -236,6 +243,10 @@ CASES = [
                                        "--workspace", "64", "-o", "{out}"], 2, ["--min-shape, --workspace"]),
     ("build-profile-min-above-max", ["build", "{root}/digits.onnx", "--backend", "ort-trt", "--min-shape", "8,1,8,8",
                                      "--max-shape", "1,1,8,8", "-o", "{out}"], 2, ["--min-shape above --max-shape"]),
+    ("build-ov-contrib-ops-it-came-with", ["build", "{root}/ort_contrib.onnx", "--backend", "ov-cpu", "-o",
+                                           "{dir}/m.xml"], 2, ["came with the model", "ort-cpu"]),
+    ("build-ov-unconvertible-op", ["build", "{root}/unknown_op.onnx", "--backend", "ov-cpu", "-o", "{dir}/m.xml"],
+     2, ["No conversion rule found for operations: NotAnOp"]),
     # -- export of a factory that exits instead of returning
     ("export-factory-exits", ["export", "{root}/exits.py:build", "--input-shape", "1,1,8,8", "-o", "{out}"],
      2, ["called sys.exit(0)"]),
@@ -289,7 +300,8 @@ def test_bad_input_keeps_the_contract(cli, corpus, tmp_path, case):
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
     # Nothing partial: the output folder holds what it held before, and no input changed.
-    assert sorted(p.name for p in out.parent.iterdir()) == (["result.onnx"] if target == out and pre_filled else [])
+    assert sorted(p.name for p in out.parent.iterdir()) == (
+        [target.name] if pre_filled and target.parent == out.parent else [])
     if pre_filled:
         assert target.read_bytes() == SENTINEL
     leftovers = [p for p in corpus.rglob(".*.tmp")]

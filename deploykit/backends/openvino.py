@@ -68,8 +68,15 @@ def _check_readable(path: Path) -> None:
         return
     foreign = sorted({f"{domain}.{op}" for domain, op in _onnx_ops(path) if domain not in ("", "ai.onnx")})
     if foreign:
+        from .. import io
+
+        written_by_deploykit = "passes" in io.get_metadata(io.load_model(path, load_weights=False))
+        fix = ("optimize the model it came from again with --target openvino (or --no-fuse) for ov-cpu"
+               if written_by_deploykit else
+               "they came with the model, and no optimize option removes them: run it with ort-cpu, or export it "
+               "again from its source without ONNX Runtime's contrib ops")
         raise UserInputError(f"{path.name} holds ONNX Runtime's own ops ({', '.join(foreign[:3])}), which OpenVINO "
-                             "cannot run: optimize it with --target openvino (or --no-fuse) for ov-cpu")
+                             f"cannot run: {fix}")
 
 
 def _is_quantized(path: Path) -> bool:
@@ -219,9 +226,22 @@ def read_model(path: Path):
 
 
 def _first_line(exc: Exception) -> str:
+    """OpenVINO's error as one line: its source locations dropped, a heading that ends in ':' joined with what
+    follows it (a conversion failure says which ops only after "Summary:")."""
     lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
     meaningful = [l for l in lines if not l.startswith(("Exception from", "Check '"))]
-    return (meaningful or lines or [type(exc).__name__])[0][:300]
+    specific = [l.lstrip("- ").strip() for l in meaningful if "conversion rule" in l or "failed for" in l]
+    if specific:
+        return "; ".join(specific)[:300]
+    picked = meaningful or lines or [type(exc).__name__]
+    text = picked[0]
+    rest = iter(picked[1:])
+    while text.endswith(":"):
+        following = next(rest, None)
+        if following is None:
+            break
+        text = f"{text} {following}"
+    return text[:300]
 
 
 class OpenVinoRunner(Runner):
