@@ -120,7 +120,7 @@ def _intermediate_session(model, value_names):
 
 
 def _batches(session, data, batch):
-    from .validation import batches
+    from .feeds import batches
 
     return batches(session, data if isinstance(data, dict) else {session.get_inputs()[0].name: data}, batch)
 

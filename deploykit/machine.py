@@ -157,7 +157,6 @@ def precision_ceilings(threads: int | None = None, size: int = 1024, seconds: fl
         import onnx
         import openvino as ov
 
-        from .backends.openvino import has_native_bf16
     except ImportError:
         return out
     core = ov.Core()
@@ -173,3 +172,12 @@ def precision_ceilings(threads: int | None = None, size: int = 1024, seconds: fl
             request = compiled.create_infer_request()
             out.setdefault(precision, {})["openvino"] = _median_gops(lambda a: request.infer({0: a}), size, seconds)
     return out
+
+
+def has_native_bf16(core=None) -> bool:
+    """Whether OpenVINO's CPU plugin has native bf16 kernels here (AVX512_BF16 or AMX), not an emulation."""
+    if core is None:
+        import openvino as ov
+
+        core = ov.Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")

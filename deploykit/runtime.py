@@ -13,6 +13,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import BackendUnavailableError, ShapeMismatchError, UserInputError
+from .feeds import ORT_DTYPES as _ORT_DTYPES  # noqa: F401  (the names this module had before feeds.py)
+from .feeds import as_numpy as _as_numpy  # noqa: F401
+from .feeds import pretty_shape as _pretty_shape
+from .feeds import validate_feeds
+from .ort_session import OPT_LEVELS as _OPT_LEVELS
 
 # "auto" tries these in order; ONNX Runtime assigns each node to the first provider that can run it.
 _PROVIDER_ALIASES = {
@@ -23,13 +28,6 @@ _PROVIDER_ALIASES = {
 }
 _AUTO_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 _OPENVINO = ("openvino", "ov-cpu")  # not an ORT provider: OpenVINO's own runtime (deploykit.backends.openvino)
-_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-_ORT_DTYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
-}
 
 
 def _import_ort():
@@ -134,7 +132,7 @@ class Engine:
                 self._session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
         except Exception as exc:
             from . import io
-            from .verify import runtime_refusal
+            from .ort_session import runtime_refusal
 
             io.load_model(path)  # raises the one-line "not an ONNX model" / "weights missing" error
             raise runtime_refusal(path, exc) from exc
@@ -177,7 +175,7 @@ class Engine:
         except Exception as exc:
             if self._closed:
                 raise UserInputError(f"this Engine for {self.path.name} is closed: create a new one") from None
-            from .verify import runtime_message
+            from .ort_session import runtime_message
 
             message = runtime_message(exc)
             if "while running" in message:  # the inputs were accepted; a node failed on their values
@@ -218,66 +216,6 @@ class Engine:
 
     def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return validate_feeds(f"model {self.path.name}", self.inputs, feeds)
-
-
-def validate_feeds(label: str, declared, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Check feeds against declared (name, shape, ORT type string) inputs; numpy arrays back, by name."""
-    names = [name for name, _, _ in declared]
-    if not isinstance(feeds, Mapping):
-        raise ShapeMismatchError(f"{label} takes a mapping of input name to array, got {type(feeds).__name__}")
-    missing = [n for n in names if n not in feeds]
-    extra = [n for n in feeds if n not in names]
-    if missing or extra:
-        raise ShapeMismatchError(f"{label} expects inputs {names}; missing {missing}, unexpected {extra}")
-    checked = {}
-    for name, shape, type_str in declared:
-        array = _as_numpy(feeds[name], name)
-        expected_dtype = _ORT_DTYPES.get(type_str)
-        if expected_dtype is not None and array.dtype != expected_dtype:
-            raise ShapeMismatchError(
-                f"input {name!r} expects dtype {np.dtype(expected_dtype).name}, got {array.dtype.name}: "
-                f"convert it, e.g. x.astype(np.{np.dtype(expected_dtype).name})")
-        if shape is not None and len(shape) != array.ndim or shape is not None and any(
-            isinstance(d, int) and d != a for d, a in zip(shape, array.shape)
-        ):
-            raise ShapeMismatchError(
-                f"input {name!r} expects shape {_pretty_shape(shape)}, got {'x'.join(map(str, array.shape))}")
-        checked[name] = array
-    _check_shared_dims(declared, checked)
-    return checked
-
-
-def _pretty_shape(shape) -> str:
-    return "x".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
-
-
-def _check_shared_dims(declared, arrays: Mapping[str, np.ndarray]) -> None:
-    """Inputs that share a named dimension (two inputs' "batch") must agree on its size."""
-    seen: dict[str, tuple[str, int]] = {}
-    for name, shape, _ in declared:
-        for axis, dim in enumerate(shape or ()):
-            if not isinstance(dim, str) or not dim or dim == "?":
-                continue  # '?' is how some exporters spell an unknown dimension: it names nothing shared
-            size = arrays[name].shape[axis]
-            if dim in seen and seen[dim][1] != size:
-                other, other_size = seen[dim]
-                raise ShapeMismatchError(f"input {name!r} has {dim}={size} (dimension {axis}) but input {other!r} has "
-                                         f"{dim}={other_size}: inputs sharing the dimension {dim!r} must agree")
-            seen.setdefault(dim, (name, size))
-
-
-def _as_numpy(value: Any, name: str) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
-        tensor = value.detach()
-        if tensor.device.type != "cpu":
-            tensor = tensor.cpu()
-        return tensor.numpy()  # shares memory with a contiguous CPU tensor
-    try:
-        return np.asarray(value)
-    except Exception:
-        raise ShapeMismatchError(f"input {name!r} must be a numpy array or torch tensor, got {type(value).__name__}") from None
 
 
 def _openvino_runner(path: Path, precision: str | None, threads: int | None):

@@ -224,3 +224,26 @@ def sample_inputs(signature: Signature, shapes: Mapping[str, Sequence[int]], see
     (--calibration/--validate) to see more."""
     rng = np.random.default_rng(seed)
     return {spec.name: sample_array(rng, shapes[spec.name], spec.dtype, spec.name) for spec in signature.inputs}
+
+
+# Triton's names for ONNX element types: what `package --triton` writes and a trt plan's sidecar records.
+TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
+                7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
+                13: "TYPE_UINT64", 16: "TYPE_BF16"}
+
+
+def signature_tensors(proto) -> tuple[list[tuple], list[tuple]]:
+    """An ONNX model's inputs and outputs as Triton sees them (also what a trt plan's sidecar records)."""
+    signature = read_signature(proto)
+
+    def convert(specs):
+        out = []
+        for spec in specs:
+            if spec.elem_type not in TRITON_TYPES:
+                raise UserInputError(f"tensor {spec.name!r} has an element type Triton does not know")
+            if spec.dims is None:
+                raise UserInputError(f"tensor {spec.name!r} has no known rank: Triton needs one")
+            out.append((spec.name, TRITON_TYPES[spec.elem_type], [d if isinstance(d, int) else None for d in spec.dims]))
+        return out
+
+    return convert(signature.inputs), convert(signature.outputs)

@@ -154,39 +154,10 @@ def _checked(name, array, spec, kind) -> np.ndarray:
     return array
 
 
-def batches(session, feeds: dict[str, np.ndarray], batch: int = BATCH):
-    """The feeds for `session`, `batch` samples at a time (the model's own batch where every input is fixed),
-    cast to the types the session takes.
-
-    Only inputs with a batch dimension are sliced: where some inputs have a dynamic first dimension,
-    those carry the samples and the rest (a scalar sample rate, a fixed-size state) go whole to every run;
-    where every input is fixed, the model's own batch is the step."""
-    from .runtime import _ORT_DTYPES
-
-    inputs = {i.name: i for i in session.get_inputs()}
-    given = {n: a for n, a in feeds.items() if n in inputs}
-
-    def open_first(name):
-        shape = inputs[name].shape
-        return bool(shape) and not (isinstance(shape[0], int) and shape[0] > 0)
-
-    sliced = [n for n, a in given.items() if a.ndim and open_first(n)]
-    fixed = None
-    if not sliced:
-        sliced = [n for n, a in given.items() if a.ndim and inputs[n].shape]
-        fixed = next((inputs[n].shape[0] for n in sliced), None)
-    step = fixed or batch
-    total = len(given[sliced[0]]) if sliced else 1
-    if fixed and total < fixed:
-        raise UserInputError(f"the model's batch is fixed at {fixed}: give at least {fixed} validation samples")
-    for start in range(0, total - (total % step if fixed else 0), step):
-        yield {n: (a[start:start + step] if n in sliced else a).astype(_ORT_DTYPES.get(inputs[n].type, a.dtype),
-                                                                        copy=False)
-               for n, a in given.items()}
-
-
 def run_batched(session, feeds: dict[str, np.ndarray], batch: int = BATCH) -> list[np.ndarray]:
-    """Every output of `session` over all samples, run `batch` at a time (see `batches`)."""
+    """Every output of `session` over all samples, run `batch` at a time (see feeds.batches)."""
+    from .feeds import batches
+
     parts: list[list[np.ndarray]] = []
     for chunk in batches(session, feeds, batch):
         outs = session.run(None, chunk)

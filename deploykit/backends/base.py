@@ -99,7 +99,7 @@ class Runner:
         pass
 
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        from ..runtime import validate_feeds
+        from ..feeds import validate_feeds
 
         declared = [(n, self.input_shapes[n], self.input_types[n]) for n in self.input_names]
         return self.infer_impl(validate_feeds(type(self).__name__, declared, feeds))
@@ -203,7 +203,7 @@ def random_feeds(runner, batch: int, fallback_shape=None, seed: int = 0) -> dict
     {input name: shape} for a model with several inputs), batch first; each of the input's own type
     (see signature.sample_array: floats N(0, 1), integers zero, booleans True). A 0-d input stays 0-d."""
     from ..signature import sample_array
-    from ..runtime import _ORT_DTYPES
+    from ..feeds import ORT_DTYPES as _ORT_DTYPES
 
     rng = np.random.default_rng(seed)
     feeds = {}

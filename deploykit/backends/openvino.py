@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..machine import has_native_bf16  # noqa: F401  (a machine fact; callers import it here too)
 from ..errors import BackendUnavailableError, UserInputError
 from .base import Backend, BuildOptions, BuildResult, Runner, cache_dir, cache_key, file_sha256
 
@@ -40,12 +41,6 @@ def import_openvino():
     except ImportError:
         raise BackendUnavailableError("ov-cpu needs OpenVINO: pip install 'deploykit[openvino]'") from None
     return openvino
-
-
-def has_native_bf16(core=None) -> bool:
-    """Whether OpenVINO's CPU plugin has native bf16 kernels here (AVX512_BF16 or AMX), not an emulation."""
-    core = core or import_openvino().Core()
-    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _onnx_ops(path: Path) -> frozenset[tuple[str, str]]:

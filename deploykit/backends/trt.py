@@ -143,7 +143,7 @@ class TrtBackend(Backend):
 def _recorded_signature(model: Path) -> dict:
     """The ONNX model's inputs and outputs as Triton names them: `package --triton` reads a plan's from here."""
     from .. import io
-    from ..serving.triton import signature_tensors
+    from ..signature import signature_tensors
 
     inputs, outputs = signature_tensors(io.load_model(model, load_weights=False))
     as_dicts = lambda tensors: [{"name": n, "data_type": t, "dims": d} for n, t, d in tensors]  # noqa: E731

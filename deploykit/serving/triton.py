@@ -32,12 +32,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import io
+from ..signature import TRITON_TYPES, signature_tensors  # noqa: F401  (Triton's names for ONNX types)
 from ..errors import UserInputError
 
 # ONNX TensorProto data type -> Triton's model_config DataType name.
-TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
-                7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
-                13: "TYPE_UINT64", 16: "TYPE_BF16"}
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino", "tensorrt": "tensorrt_plan"}
 # OpenVINO's element type names -> Triton's.
 OV_TYPES = {"f32": "TYPE_FP32", "f16": "TYPE_FP16", "bf16": "TYPE_BF16", "f64": "TYPE_FP64", "i8": "TYPE_INT8",
@@ -199,25 +197,6 @@ def _signature(source: Path) -> tuple[list[Tensor], list[Tensor]]:
 
         return ports(read.inputs), ports(read.outputs)
     return signature_tensors(io.load_model(source, load_weights=False))
-
-
-def signature_tensors(proto) -> tuple[list[Tensor], list[Tensor]]:
-    """An ONNX model's inputs and outputs as Triton sees them (also what a trt plan's sidecar records)."""
-    from ..signature import read_signature
-
-    signature = read_signature(proto)
-
-    def convert(specs):
-        out = []
-        for spec in specs:
-            if spec.elem_type not in TRITON_TYPES:
-                raise UserInputError(f"tensor {spec.name!r} has an element type Triton does not know")
-            if spec.dims is None:
-                raise UserInputError(f"tensor {spec.name!r} has no known rank: Triton needs one")
-            out.append((spec.name, TRITON_TYPES[spec.elem_type], [d if isinstance(d, int) else None for d in spec.dims]))
-        return out
-
-    return convert(signature.inputs), convert(signature.outputs)
 
 
 def _source_files(source: Path) -> list[Path]:
