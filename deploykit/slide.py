@@ -47,8 +47,17 @@ def sliding_model(model_path) -> SlidingModel:
     props = {p.key: p.value for p in proto.metadata_props}
     if META_STRIDE not in props:
         model = ir.from_proto(proto)
-        for p in (CleanupPass(), FoldBatchNormPass(), FcToConvPass()):
+        for p in (CleanupPass(), FoldBatchNormPass()):
             p(model)
+        converter = FcToConvPass()
+        try:
+            converter(model)
+        except ir.passes.PassError as exc:
+            raise exc.__cause__ if isinstance(exc.__cause__, UserInputError) else exc
+        except UserInputError as exc:
+            if "found no fully-connected layer" not in str(exc):
+                raise
+            model.metadata_props.pop(META_STRIDE, None)  # reported below as nothing to slide
         proto = ir.to_proto(model)
         props = {p.key: p.value for p in proto.metadata_props}
     if META_WINDOW not in props or META_STRIDE not in props:
