@@ -24,9 +24,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
-# On a machine with a CUDA GPU: installs the gpu extra (onnxruntime-gpu, tensorrt) first.
+# On a machine with a CUDA GPU: the gpu extra (tensorrt, NVML), and onnxruntime-gpu in place of onnxruntime.
 bench-gpu: $(STAMP)
 	$(PIP) install --quiet -e '.[gpu]'
+	$(PIP) uninstall --yes --quiet onnxruntime
+	$(PIP) install --quiet 'onnxruntime-gpu>=1.20,<2'
 	$(PY) bench/run.py --gpu
 
 clean:

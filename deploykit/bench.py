@@ -190,6 +190,10 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
         plan = []
         for t in targets:
             for name in (backends or _default_backends(t)):
+                if name == "trt" and "trt" not in t.artefact:
+                    raise UserInputError(f"--backend trt runs a TensorRT plan, and {t.label} is not one: build it with "
+                                         "'deploykit build MODEL.onnx --backend trt -o MODEL.plan' and bench the .plan "
+                                         "(or bench the ONNX file with --backend ort-trt)")
                 backend = get_backend(backend_name(name))
                 ok, why = backend.available()
                 if not ok:
@@ -226,7 +230,8 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
             floor = (t.param_bytes + t.peak_activation_bytes * batch) if t.param_bytes is not None else None
             gflops = 2 * t.macs * stats.images_per_s / 1e9 if t.macs else None
             precision = raw.get("precision") or "fp32"
-            ceiling = report.ceiling(precision)
+            # The ceilings are this CPU's: a GPU's throughput is not a fraction of them.
+            ceiling = report.ceiling(precision) if get_backend(backend_name(name)).device == "cpu" else None
             results.append(Result(
                 t.label, name, batch, stats.to_dict(), raw["warmup_s"], size, raw["peak_rss_bytes"],
                 raw["baseline_rss_bytes"], floor, gflops, (gflops / ceiling) if gflops and ceiling else None,

@@ -26,7 +26,9 @@ _PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-_AUTO_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+# TensorRT is not in "auto": without an engine cache it builds its engines again at every session start
+# (minutes for a large model); it is used when asked for by name ("tensorrt"), with deploykit's cache.
+_AUTO_ORDER = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 _OPENVINO = ("openvino", "ov-cpu")  # not an ORT provider: OpenVINO's own runtime (deploykit.backends.openvino)
 
 
@@ -36,6 +38,17 @@ def _import_ort():
     except ImportError:
         raise BackendUnavailableError("ONNX Runtime is not installed: pip install onnxruntime") from None
     return onnxruntime
+
+
+def check_providers_used(requested: Sequence[str], used: Sequence[str], label: str) -> None:
+    """ONNX Runtime falls back to the CPU, silently, when a GPU provider's libraries (CUDA, cuDNN, TensorRT) fail to
+    load: a GPU provider that was asked for and is not in the session is an error, not a slow surprise."""
+    missing = [p for p in requested if p != "CPUExecutionProvider" and p not in used]
+    if missing:
+        raise BackendUnavailableError(
+            f"{label}: {', '.join(missing)} was asked for but ONNX Runtime did not use it (the session runs on "
+            f"{', '.join(used)}): its libraries did not load; check the CUDA/cuDNN versions onnxruntime-gpu needs "
+            "(python -c 'import onnxruntime; onnxruntime.preload_dlls()' says which)")
 
 
 def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
@@ -54,7 +67,8 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
     for p in providers:
         full = _PROVIDER_ALIASES.get(p.lower(), p)
         if full not in available:
-            pkg = "onnxruntime-gpu and a CUDA GPU (pip install 'deploykit[gpu]')" if full != "CPUExecutionProvider" else "onnxruntime"
+            pkg = ("onnxruntime-gpu in place of onnxruntime, and a CUDA GPU (pip uninstall -y onnxruntime && "
+                   "pip install onnxruntime-gpu)") if full != "CPUExecutionProvider" else "onnxruntime"
             raise BackendUnavailableError(
                 f"execution provider {p!r} is not available here (available: {', '.join(available)}); it needs {pkg}"
             )
@@ -136,6 +150,7 @@ class Engine:
 
             io.load_model(path)  # raises the one-line "not an ONNX model" / "weights missing" error
             raise runtime_refusal(path, exc) from exc
+        check_providers_used(requested, self._session.get_providers(), path.name)
         _check_cpu_layout(path, self._session.get_modelmeta().custom_metadata_map)
         self.inputs = [(i.name, tuple(i.shape), i.type) for i in self._session.get_inputs()]
         self.outputs = [o.name for o in self._session.get_outputs()]

@@ -26,7 +26,8 @@ class OrtBackend(Backend):
         self.name = name
         self.provider = _PROVIDERS[name]
         self.device = "cpu" if name == "ort-cpu" else "cuda"
-        self.needs = "" if name == "ort-cpu" else "onnxruntime-gpu and a CUDA GPU: pip install 'deploykit[gpu]'"
+        self.needs = "" if name == "ort-cpu" else ("onnxruntime-gpu (in place of onnxruntime) and a CUDA GPU: "
+                                                    "pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
         # Precision and profiles are settings of ORT's TensorRT provider only; the CPU and CUDA providers run
         # the model's own types.
         self.honours = frozenset({"lean_memory"} | ({"fp16", "int8", "min_shape", "opt_shape", "max_shape",
@@ -37,6 +38,13 @@ class OrtBackend(Backend):
             import onnxruntime as ort
         except ImportError:
             raise BackendUnavailableError(f"{self.name} needs onnxruntime: pip install onnxruntime") from None
+        if self.name != "ort-cpu":
+            both = installed_ort_flavours()
+            if len(both) > 1:
+                raise BackendUnavailableError(
+                    f"{' and '.join(both)} are both installed and overwrite each other's files (the GPU providers "
+                    "can vanish): keep one, e.g. pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+                    "onnxruntime-gpu")
         if self.provider not in ort.get_available_providers():
             raise BackendUnavailableError(f"{self.name} needs {self.needs}")
 
@@ -55,7 +63,9 @@ class OrtBackend(Backend):
             return {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"}
         if self.name != "ort-trt":
             return {}
-        engines = cache_dir() / "ort-trt"
+        # ORT keys its engine cache by the model's path: one folder per model content keeps a built engine found
+        # again when the artefact is copied, renamed or served from another folder.
+        engines = cache_dir() / "ort-trt" / (file_sha256(model)[:16] if model is not None else "any")
         engines.mkdir(parents=True, exist_ok=True)
         opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engines),
                 "trt_timing_cache_enable": True, "trt_timing_cache_path": str(engines),
@@ -116,7 +126,46 @@ class OrtBackend(Backend):
 
     def runner(self, artefact: Path, options: BuildOptions | None = None, threads: int | None = None) -> Runner:
         self.check_available()
-        return OrtRunner(artefact, self, options or BuildOptions(), threads)
+        return OrtRunner(artefact, self, built_options(artefact, options), threads)
+
+
+def built_options(artefact, given: BuildOptions | None) -> BuildOptions:
+    """The options an artefact was built with (its sidecar), where the caller gave none: a runner of an ort-trt
+    artefact built --fp16 must run an fp16 engine, not build an fp32 one. What the caller gives wins."""
+    if given is not None and given != BuildOptions(lean_memory=given.lean_memory):
+        return given
+    sidecar = Path(str(artefact) + ".json")
+    try:
+        recorded = json.loads(sidecar.read_text()).get("options") or {}
+    except (OSError, ValueError):
+        return given or BuildOptions()
+
+    def shape(value):
+        if not value:
+            return None
+        return tuple((n, tuple(s)) for n, s in value) if isinstance(value[0], list) and value and isinstance(
+            value[0][0], str) else tuple(value)
+
+    fields = {k: v for k, v in recorded.items() if k in BuildOptions.__dataclass_fields__}
+    for key in ("min_shape", "opt_shape", "max_shape"):
+        fields[key] = shape(fields.get(key))
+    if given is not None:
+        fields["lean_memory"] = given.lean_memory or fields.get("lean_memory", False)
+    return BuildOptions(**fields)
+
+def installed_ort_flavours() -> list[str]:
+    """The ONNX Runtime distributions installed: onnxruntime (CPU) and onnxruntime-gpu share one module."""
+    from importlib import metadata
+
+    found = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(name)
+            found.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
 
 class OrtRunner(Runner):
     def __init__(self, artefact: Path, backend: OrtBackend, options: BuildOptions, threads: int | None):

@@ -62,6 +62,51 @@ def check_plan_compatible(sidecar: dict, tensorrt_version: str, gpu: dict, plan:
             f"'deploykit build MODEL.onnx --backend trt -o {plan.name}'")
 
 
+# TensorRT's I/O data types by name -> numpy's. BF16 and FP8 have no numpy type: such a plan is refused.
+_TRT_TO_NUMPY = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "UINT8": "uint8", "INT32": "int32",
+                 "INT64": "int64", "BOOL": "bool"}
+_NUMPY_TO_ORT = {"float32": "tensor(float)", "float16": "tensor(float16)", "int8": "tensor(int8)",
+                 "uint8": "tensor(uint8)", "int32": "tensor(int32)", "int64": "tensor(int64)", "bool": "tensor(bool)"}
+_TORCH_TYPES = {"float32": lambda t: t.float32, "float16": lambda t: t.float16, "int8": lambda t: t.int8,
+                "uint8": lambda t: t.uint8, "int32": lambda t: t.int32, "int64": lambda t: t.int64,
+                "bool": lambda t: t.bool}
+
+
+def describe_io(engine, trt) -> dict:
+    """A deserialised engine's inputs and outputs: names, input shapes (a dynamic dimension, which TensorRT
+    reports as -1, becomes None: any size the profile takes), and numpy / ORT types for every tensor."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    numpy_types = {}
+    for n in names:
+        kind = getattr(engine.get_tensor_dtype(n), "name", str(engine.get_tensor_dtype(n))).rpartition(".")[2]
+        if kind not in _TRT_TO_NUMPY:
+            raise UserInputError(f"tensor {n!r} of the plan is {kind}, which has no numpy type: export the model "
+                                 "with float32, float16 or integer inputs and outputs")
+        numpy_types[n] = _TRT_TO_NUMPY[kind]
+    return {"inputs": inputs, "outputs": [n for n in names if n not in inputs],
+            "input_shapes": {n: tuple(None if int(d) < 0 else int(d) for d in engine.get_tensor_shape(n))
+                             for n in inputs},
+            "input_types": {n: _NUMPY_TO_ORT[numpy_types[n]] for n in inputs}, "numpy_types": numpy_types}
+
+
+def set_input_shapes(context, engine, shapes: dict) -> None:
+    """Give the execution context each input's shape; a shape outside the plan's profile is one line naming it."""
+    for name, shape in shapes.items():
+        if not context.set_input_shape(name, tuple(shape)):
+            low, _, high = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
+            raise UserInputError(f"input {name!r} of shape {'x'.join(map(str, shape))} is outside the plan's profile "
+                                 f"({'x'.join(map(str, low))} to {'x'.join(map(str, high))}): rebuild with a wider "
+                                 "--min-shape/--max-shape, or send a batch inside it")
+
+
+def timing_cache_path(tensorrt_version: str, gpu: dict) -> Path:
+    """One timing cache per TensorRT version and GPU model: timings from another are not valid here."""
+    tag = f"{tensorrt_version}-{gpu.get('gpu', 'gpu')}-{gpu.get('compute_capability', '')}"
+    safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in tag)
+    return cache_dir() / f"trt-timing-{safe}.cache"
+
+
 def sidecar_path(plan: Path) -> Path:
     return Path(str(plan) + ".json")
 
@@ -101,10 +146,14 @@ class TrtBackend(Backend):
             config = builder.create_builder_config()
             if options.workspace_mb:
                 config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
-            if options.fp16:
-                config.set_flag(trt.BuilderFlag.FP16)
-            if options.int8:
-                config.set_flag(trt.BuilderFlag.INT8)
+            for wanted, flag in ((options.fp16, "FP16"), (options.int8, "INT8")):
+                if wanted:
+                    if not hasattr(trt.BuilderFlag, flag):  # TensorRT 11 builds strongly typed networks only
+                        raise BackendUnavailableError(
+                            f"TensorRT {trt.__version__} has no {flag} builder flag: build deploykit's "
+                            f"{'--fp16' if flag == 'FP16' else '--int8 (QDQ)'} model without --{flag.lower()}, or "
+                            "install tensorrt<11 (pip install 'deploykit[gpu]' pins it)")
+                    config.set_flag(getattr(trt.BuilderFlag, flag))
             profile = builder.create_optimization_profile()
             for i in range(network.num_inputs):
                 tensor = network.get_input(i)
@@ -115,7 +164,7 @@ class TrtBackend(Backend):
                     profiles[tensor.name] = [lo, opt, hi]
             if profiles:
                 config.add_optimization_profile(profile)
-            timing_file = cache_dir() / "trt-timing.cache"
+            timing_file = timing_cache_path(trt.__version__, env)
             timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.exists() else b"")
             config.set_timing_cache(timing, ignore_mismatch=False)
             serialized = builder.build_serialized_network(network, config)
@@ -189,12 +238,11 @@ class TrtRunner(Runner):
             raise BackendUnavailableError(f"TensorRT could not load {plan}: rebuild it with 'deploykit build --backend trt'")
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = [n for n in names if n not in self.input_names]
-        self.input_shapes = {n: tuple(self.engine.get_tensor_shape(n)) for n in self.input_names}
-        self.input_types = {n: "tensor(float16)" if self.engine.get_tensor_dtype(n) == trt.DataType.HALF
-                            else "tensor(float)" for n in self.input_names}
+        io_ = describe_io(self.engine, trt)
+        self.input_names, self.output_names = io_["inputs"], io_["outputs"]
+        self.input_shapes, self.input_types = io_["input_shapes"], io_["input_types"]
+        self._numpy_types = io_["numpy_types"]
+        self.precision = json.loads(side.read_text()).get("precision", "fp32")
         self._last: dict[str, float] = {}
         # One execution context holds the shapes and tensor addresses of the call in flight: calls from
         # several threads (Engine is documented thread-safe) take turns on it.
@@ -212,14 +260,14 @@ class TrtRunner(Runner):
             device_inputs = {n: torch.from_numpy(np.ascontiguousarray(feeds[n])).cuda(non_blocking=True)
                              for n in self.input_names}
             events[1].record()
+            set_input_shapes(self.context, self.engine, {n: tuple(t.shape) for n, t in device_inputs.items()})
             for n, t in device_inputs.items():
-                self.context.set_input_shape(n, tuple(t.shape))
                 self.context.set_tensor_address(n, t.data_ptr())
             outputs = {}
             for n in self.output_names:
                 shape = tuple(self.context.get_tensor_shape(n))
-                dtype = torch.float16 if "HALF" in str(self.engine.get_tensor_dtype(n)) else torch.float32
-                outputs[n] = torch.empty(shape, dtype=dtype, device="cuda")
+                outputs[n] = torch.empty(shape, dtype=_TORCH_TYPES[np.dtype(self._numpy_types[n]).name](torch),
+                                         device="cuda")
                 self.context.set_tensor_address(n, outputs[n].data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise BackendUnavailableError("TensorRT execution failed")
@@ -233,3 +281,10 @@ class TrtRunner(Runner):
 
     def timings(self):
         return dict(self._last)
+
+    def close(self) -> None:
+        """Release the execution context and the engine (their device memory) now, not at garbage collection."""
+        with self._lock:
+            self.context = None
+            self.engine = None
+            self.runtime = None

@@ -54,7 +54,8 @@ def test_plan_sidecar_check_names_what_differs(tmp_path):
 @pytest.mark.parametrize("name", ["ort-cuda", "ort-trt"])
 def test_missing_gpu_packages_are_one_clear_line(cli, exported, name):
     ok, why = get_backend(name).available()
-    assert not ok and why == f"{name} needs onnxruntime-gpu and a CUDA GPU: pip install 'deploykit[gpu]'"
+    assert not ok and why == (f"{name} needs onnxruntime-gpu (in place of onnxruntime) and a CUDA GPU: "
+                              "pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
     path, _ = exported("digits")
     result = cli("bench", path, "--backend", name)
     assert result.code == 4
