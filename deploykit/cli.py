@@ -180,8 +180,16 @@ def inspect_cmd(model, input_shape, as_json):
                    "agreement with the input model the result may cost; int8 layers go back to float, most harmful "
                    "first, and bottleneck ranks are raised, until it holds  "
                    "[default: 1.0 when --validate is given, else no budget]")
+@click.option("--metric", default=None,
+              help="the points --max-accuracy-drop is in: top1, accuracy (labels), ctc[:blank=0] (recognisers), "
+                   "mask-iou (one-channel maps), detection[:layout=auto,score=0.25,nms=0.45,iou=0.5] (YOLO-style "
+                   "heads), or PATH.py:FUNCTION(reference_outputs, candidate_outputs, labels) -> points  "
+                   "[default: accuracy with labels, else top-1 agreement]")
 @click.option("--int8-exclude", multiple=True,
               help="with --int8: a node name or op type to keep in float (repeatable)")
+@click.option("--int8-quantize-tail", is_flag=True,
+              help="with --int8: quantize the post-processing tail too (the nodes after the last multi-channel "
+                   "convolution or FC layer: a detector's decoding, a final softmax), which stays in float by default")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="with --int8: how activation ranges are chosen  [default: minmax]")
 @click.option("--target", type=click.Choice(["ort", "tensorrt", "openvino"]), default="ort",
@@ -200,7 +208,8 @@ def inspect_cmd(model, input_shape, as_json):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="also write the report as JSON")
 @_json_option("the report")
 def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
-             calibration, validate, max_accuracy_drop, int8_exclude, calibration_method, target, ort_layout,
+             calibration, validate, max_accuracy_drop, metric, int8_exclude, int8_quantize_tail, calibration_method,
+             target, ort_layout,
              recipe, input_shape, tolerance, max_error, report_path, as_json):
     """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
     from .io import check_output_path, model_files
@@ -214,7 +223,7 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
                             int8=int8, calibration=calibration, calibration_method=calibration_method,
                             ort_layout=ort_layout, input_shape=input_shape, tolerance=tolerance, max_error=max_error,
                             validate=validate, int8_exclude=int8_exclude, max_accuracy_drop=max_accuracy_drop,
-                            recipe=recipe, progress=lambda name: click.echo(f"running {name} ...", err=True))
+                            metric=metric, int8_quantize_tail=int8_quantize_tail, recipe=recipe, progress=lambda name: click.echo(f"running {name} ...", err=True))
     if report_path:
         _write_report(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
     if as_json:
@@ -232,6 +241,9 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
             click.echo(f"    top-1 agreement with the input model: {p.top1_agreement:.2%}"
                        + (f"; accuracy {p.accuracy_before:.2%} -> {p.accuracy_after:.2%}"
                           if p.accuracy_after is not None else ""))
+        if not p.exact and p.validation.get("metric_after") is not None:
+            v = p.validation
+            click.echo(f"    {v['metric']}: {v['metric_before']:.2f} -> {v['metric_after']:.2f} points")
         for n in p.notes:
             click.echo(f"    {n}")
     if report.recipe:

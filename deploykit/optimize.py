@@ -84,8 +84,9 @@ def _run_all(session, feeds):
 class _Evaluator:
     """Runs each candidate on the validation set and compares it with the input model and the previous step."""
 
-    def __init__(self, proto, validation, label=None, runnable=None):
+    def __init__(self, proto, validation, label=None, runnable=None, metric=None):
         self.label = label
+        self.metric = metric
         self.validation = validation
         self.output_names = [o.name for o in proto.graph.output]
         proto = runnable or proto  # a path lets ONNX Runtime read the file itself: no serialised copy in Python
@@ -99,6 +100,8 @@ class _Evaluator:
         from .validation import accuracy
 
         self.reference_accuracy = accuracy(self.reference[0], validation.labels)
+        self.reference_metric = (None if metric is None else
+                                 metric.score(self.reference, self.reference, validation.labels))
 
     def _run(self, proto, label=None):
         return _run_all(cpu_session(proto, label=label or self.label), self.validation.feeds)
@@ -117,6 +120,9 @@ class _Evaluator:
         figures = {"samples": self.validation.samples, "top1_agreement": top1_agreement(self.reference[0], outs[0]),
                    "accuracy_before": self.reference_accuracy,
                    "accuracy_after": accuracy(outs[0], self.validation.labels), "data": self.validation.source}
+        if self.metric is not None and self.reference_metric is not None:
+            after = self.metric.score(self.reference, outs, self.validation.labels)
+            figures.update(metric=self.metric.describe(), metric_before=self.reference_metric, metric_after=after)
         return deviation, step, figures
 
 
@@ -156,7 +162,8 @@ class BudgetNotHeld(VerificationError):
 
 
 def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tolerance=DEFAULT_TOLERANCE,
-                 max_error=None, progress=None, validate=None, calibration=None, accept=None) -> OptimizeReport:
+                 max_error=None, progress=None, validate=None, calibration=None, accept=None,
+                 metric=None) -> OptimizeReport:
     """Apply `passes` (GraphPass instances, in order) to the ONNX model at `model_path`.
 
     Each pass is judged on `validate` (see deploykit.validation), else on `calibration`, else on
@@ -183,7 +190,7 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
     from .validation import load_validation
 
     validation = load_validation(validate, read_signature(proto), shapes, calibration=calibration)
-    evaluator = _Evaluator(proto, validation, label=str(model_path), runnable=str(model_path))
+    evaluator = _Evaluator(proto, validation, label=str(model_path), runnable=str(model_path), metric=metric)
     exact_limit = max(tolerance, 2 * evaluator.noise_floor)
     report = OptimizeReport(str(model_path), str(output_path) if output_path else None,
                             {k: list(v) for k, v in shapes.items()}, validation.source, evaluator.noise_floor,
@@ -253,6 +260,8 @@ def total_drop(report: OptimizeReport) -> float | None:
     if not report.passes:
         return 0.0
     last = report.passes[-1]
+    if last.validation.get("metric_after") is not None:
+        return last.validation["metric_before"] - last.validation["metric_after"]
     if last.accuracy_before is not None and last.accuracy_after is not None:
         return 100.0 * (last.accuracy_before - last.accuracy_after)
     return None if last.top1_agreement is None else 100.0 * (1.0 - last.top1_agreement)
@@ -263,8 +272,10 @@ def _whole_result_within(budget: float):
     def holds(report):
         drop = total_drop(report)
         if drop is not None and drop > budget:
-            return (f"the result costs {drop:.2f} points of "
-                    f"{'accuracy' if report.passes[-1].accuracy_after is not None else 'top-1 agreement'} "
+            last = report.passes[-1]
+            what = (last.validation.get("metric") or
+                    ("accuracy" if last.accuracy_after is not None else "top-1 agreement"))
+            return (f"the result costs {drop:.2f} points of {what} "
                     f"against the input, over --max-accuracy-drop {budget:g}; nothing was written")
         return None
     return holds
@@ -274,7 +285,8 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                    bottleneck=None, bottleneck_layers=None, fp16=False, fp16_io=False, int8=False,
                    calibration=None, calibration_method=None, ort_layout=False, input_shape=None,
                    tolerance=DEFAULT_TOLERANCE, max_error=None, progress=None, validate=None, int8_exclude=(),
-                   max_accuracy_drop=None, recipe=None, _accept=None) -> OptimizeReport:
+                   max_accuracy_drop=None, recipe=None, metric=None, int8_quantize_tail=False,
+                   _accept=None) -> OptimizeReport:
     """`deploykit optimize` as a function: build the pipeline for these options and run it verified.
 
     recipe="fast" stacks what pays on the CPU: fold, a low-rank bottleneck under a measured time budget,
@@ -286,6 +298,9 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
     from .passes import build_pipeline
     from .passes.bottleneck import UnreachableBudget
 
+    from .metrics import parse_metric
+
+    metric = parse_metric(metric)
     if recipe is not None:
         if recipe not in RECIPES:
             raise UserInputError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
@@ -309,7 +324,8 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                                         int8=True, calibration=calibration, calibration_method=calibration_method,
                                         input_shape=input_shape, tolerance=tolerance, max_error=max_error,
                                         progress=progress, validate=validate, int8_exclude=int8_exclude,
-                                        max_accuracy_drop=budget, _accept=holds)
+                                        max_accuracy_drop=budget, metric=metric,
+                                        int8_quantize_tail=int8_quantize_tail, _accept=holds)
             except (BudgetNotHeld, UnreachableBudget) as exc:
                 refusals.append(f"bottleneck {spec}: {str(exc).removesuffix('; nothing was written')}")
                 continue
@@ -356,7 +372,8 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                             bottleneck_layers=bottleneck_layers, fp16=fp16, fp16_io=fp16_io, int8=int8,
                             calibration=calibration, calibration_method=calibration_method, ort_layout=ort_layout,
                             int8_exclude=tuple(int8_exclude or ()), max_accuracy_drop=max_accuracy_drop,
-                            budget_asked=budget_asked)
+                            budget_asked=budget_asked, metric=metric, int8_quantize_tail=int8_quantize_tail)
     return run_pipeline(model_path, passes, output_path, input_shape=input_shape, tolerance=tolerance,
                         max_error=max_error, progress=progress, validate=validate,
-                        calibration=calibration if calibration is not None else None, accept=_accept)
+                        calibration=calibration if calibration is not None else None, accept=_accept,
+                        metric=metric)

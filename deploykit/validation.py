@@ -218,6 +218,7 @@ class AccuracyBudget:
     total: float
     asked: bool = True
     spent: float = 0.0
+    metric: object = None  # a deploykit.metrics.Metric: the points the budget is in (None: the default)
 
     @property
     def left(self) -> float:
@@ -227,28 +228,40 @@ class AccuracyBudget:
 class AccuracyJudge:
     """Scores candidate models on a validation set against a reference (float) model.
 
-    The score is accuracy with labels, else top-1 agreement with the reference's outputs, in percent;
-    `drop_of(model)` is the reference's score less the candidate's. `baseline` is None when the first
-    output has no class axis to score (see class_axis).
+    The score is the budget's task metric (deploykit.metrics) where one was chosen; else accuracy with
+    labels, else top-1 agreement with the reference's outputs, in percent. `drop_of(model)` is the
+    reference's score less the candidate's. `baseline` is None when the model cannot be scored that way
+    (the default's first output has no class axis, see class_axis).
     """
 
-    def __init__(self, reference_model, validation: ValidationSet):
+    def __init__(self, reference_model, validation: ValidationSet, metric=None):
         from .verify import cpu_session
 
         self.validation = validation
-        self.reference = run_batched(cpu_session(reference_model), validation.feeds)[0]
-        self.what = "accuracy" if validation.labels is not None else "top-1 agreement with the float model"
-        self.baseline = self.score(self.reference)
+        self.metric = metric
+        self.reference_outputs = run_batched(cpu_session(reference_model), validation.feeds)
+        self.reference = self.reference_outputs[0]
+        if metric is not None:
+            self.what = metric.describe()
+        else:
+            self.what = "accuracy" if validation.labels is not None else "top-1 agreement with the float model"
+        self.baseline = self.score_outputs(self.reference_outputs)
 
     def score(self, outputs: np.ndarray) -> float | None:
+        """The default score of a first output: accuracy with labels, else top-1 agreement, in percent."""
         labels = self.validation.labels
         value = accuracy(outputs, labels) if labels is not None else top1_agreement(self.reference, outputs)
         return None if value is None else 100.0 * value
 
+    def score_outputs(self, outputs: list[np.ndarray]) -> float | None:
+        if self.metric is not None:
+            return self.metric.score(self.reference_outputs, outputs, self.validation.labels)
+        return self.score(outputs[0])
+
     def drop_of(self, model) -> float:
         from .verify import cpu_session
 
-        return self.baseline - self.score(run_batched(cpu_session(model), self.validation.feeds)[0])
+        return self.baseline - self.score_outputs(run_batched(cpu_session(model), self.validation.feeds))
 
     @classmethod
     def for_budget(cls, reference_model, validation: ValidationSet | None,
@@ -257,7 +270,7 @@ class AccuracyJudge:
         the default; refuses a missing validation set, and an explicit budget on a model with no class axis."""
         if validation is None:
             raise UserInputError("--max-accuracy-drop needs data to judge by: give --validate DATA")
-        judge = cls(reference_model, validation)
+        judge = cls(reference_model, validation, getattr(budget, "metric", None))
         if judge.baseline is not None:
             return judge
         if budget.asked:

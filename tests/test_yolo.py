@@ -96,3 +96,49 @@ def test_every_verb_runs_on_the_detector(cli, tmp_path):
     assert result.code == 0 and (tmp_path / "repo" / "320n" / "config.pbtxt").is_file()
     result = cli("slide", MODEL, "--image-size", "64")
     assert result.code == 2 and "nothing to slide" in result.err
+
+
+@pytest.fixture(scope="module")
+def letterboxed(tmp_path_factory):
+    """Calibration / validation data as nudenet feeds its model: letterboxed photographs, mirrored too."""
+    images = []
+    for name in ("astronaut", "camera", "coffee", "chelsea", "rocket", "colorwheel"):
+        image = getattr(skimage_data, name)()
+        image = np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        for view in (bgr, np.ascontiguousarray(bgr[:, ::-1])):
+            images.append(_read_image(view, 320)[0][0])
+    path = tmp_path_factory.mktemp("yolo") / "letterboxed.npy"
+    np.save(path, np.stack(images).astype(np.float32))
+    return path
+
+
+def test_plain_int8_keeps_the_boxes_with_the_decoding_tail_in_float(reference, letterboxed, cli, tmp_path):
+    """Quantizing YOLOv8's decode (DFL softmax, grid arithmetic, box/score concat) lost 5 of 12 boxes here; with
+    the tail in float, as by default, int8 keeps them (the issue's target: at least 90%)."""
+    images, expected = reference
+    out = tmp_path / "int8.onnx"
+    result = cli("optimize", MODEL, "--input-shape", SHAPE, "--int8", "--calibration", letterboxed, "-o", out)
+    assert result.code == 0, result.err
+    assert "kept the post-processing tail in float" in result.out
+    kept, total = boxes_kept(expected, detect(out, images))
+    assert kept >= 0.9 * total, (kept, total)
+
+
+def test_budgeted_int8_in_detection_points_keeps_the_convolutions_in_int8(reference, letterboxed, cli, tmp_path):
+    """Judged by top-1 agreement along axis 1 (box coordinates and class scores mixed) the budget sent 273 of
+    275 nodes back to float; in points of the detection metric, at least 80% of the convolutions stay int8."""
+    import onnx
+
+    images, expected = reference
+    out = tmp_path / "budgeted.onnx"
+    result = cli("optimize", MODEL, "--input-shape", SHAPE, "--int8", "--calibration", letterboxed,
+                 "--validate", letterboxed, "--metric", "detection", "--max-accuracy-drop", "1", "-o", out)
+    assert result.code == 0, result.err
+    assert "accuracy budget: detection" in result.out
+    convs = [n for n in onnx.load(str(out)).graph.node if n.op_type == "Conv"]
+    quantized_inputs = {n.output[0] for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear"}
+    in_int8 = [c for c in convs if c.input[0] in quantized_inputs and c.input[1] in quantized_inputs]
+    assert len(in_int8) >= 0.8 * len(convs), (len(in_int8), len(convs))
+    kept, total = boxes_kept(expected, detect(out, images))
+    assert kept >= 0.9 * total, (kept, total)

@@ -29,7 +29,8 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
                    bottleneck: str | None = None, bottleneck_layers: list[str] | None = None,
                    fp16: bool = False, fp16_io: bool = False, int8: bool = False, calibration=None,
                    calibration_method: str | None = None, ort_layout: bool = False, int8_exclude=(),
-                   max_accuracy_drop: float | None = None, budget_asked: bool = True) -> list[GraphPass]:
+                   max_accuracy_drop: float | None = None, budget_asked: bool = True,
+                   metric=None, int8_quantize_tail: bool = False) -> list[GraphPass]:
     """The passes `deploykit optimize` runs for these options, in the order that keeps them composable.
 
     Exact structural passes come first; approximating ones after; the ORT fusion last, and only on
@@ -53,6 +54,8 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
                              "(data-aware ranks): add one of them or drop --calibration")
     if calibration_method is not None and not int8:
         raise UserInputError("--calibration-method only applies with --int8: add --int8 or drop it")
+    if int8_quantize_tail and not int8:
+        raise UserInputError("--int8-quantize-tail only applies with --int8: add --int8 or drop it")
     if int8_exclude and not int8:
         raise UserInputError("--int8-exclude only applies with --int8: add --int8 or drop it")
     if max_accuracy_drop is not None and not (int8 or bottleneck):
@@ -60,7 +63,11 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
     from ..validation import AccuracyBudget
 
     # One budget for the whole pipeline: the bottleneck may spend half of it when int8 follows, int8 what is left.
-    budget = None if max_accuracy_drop is None else AccuracyBudget(max_accuracy_drop, asked=budget_asked)
+    if metric is not None and max_accuracy_drop is None:
+        raise UserInputError("--metric is the measure of the accuracy budget: add --int8 or --bottleneck with "
+                             "--validate DATA (and --max-accuracy-drop POINTS), or drop --metric")
+    budget = (None if max_accuracy_drop is None else
+              AccuracyBudget(max_accuracy_drop, asked=budget_asked, metric=metric))
     calibration_method = calibration_method or "minmax"
     passes: list[GraphPass] = [CleanupPass()]
     if fold:
@@ -80,7 +87,7 @@ def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort",
         # OpenVINO runs ONNX Runtime's QDQ layout (uint8 activations) as int8 as well (bench/ENGINES.md).
         passes.append(QuantizeInt8Pass(calibration, target="ort" if target == "openvino" else target,
                                        method=calibration_method, exclude=int8_exclude,
-                                       budget=budget))
+                                       budget=budget, keep_tail_float=not int8_quantize_tail))
     elif fp16:
         from .fp16 import Float16Pass
 

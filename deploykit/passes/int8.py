@@ -39,6 +39,39 @@ CALIBRATION_CHUNK = 16  # at most this many samples' statistics are collected pe
 CALIBRATION_BUDGET = 1 << 30  # bytes of intermediate tensors a histogram range may hold
 
 
+# Layers that compute features: a node in the tail has none of them downstream. A single-output-channel conv
+# (YOLOv8's DFL expectation, 16 bins -> 1) is arithmetic on probabilities, not a feature layer.
+_FEATURE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def decode_tail(proto) -> list[str]:
+    """Names of the nodes after the model's last feature layers: those from which no Conv/ConvTranspose/Gemm/MatMul
+    with more than one output channel and constant weights is reachable, in graph order."""
+    graph = proto.graph
+    constants = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def is_feature_layer(node) -> bool:
+        if node.op_type not in _FEATURE_OPS or len(node.input) < 2 or node.input[1] not in constants:
+            return False
+        dims = list(constants[node.input[1]].dims)
+        if not dims:
+            return False
+        out_channels = dims[1] if node.op_type == "ConvTranspose" else dims[0] if node.op_type == "Conv" else (
+            dims[0] if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute) else dims[-1])
+        return out_channels > 1
+
+    feeds_features: dict[int, bool] = {}
+    for node in reversed(graph.node):  # topological order reversed: every consumer is decided first
+        feeds_features[id(node)] = any(is_feature_layer(c) or feeds_features.get(id(c), False)
+                                       for out in node.output for c in consumers.get(out, []))
+    return [n.name for n in graph.node if not is_feature_layer(n) and not feeds_features[id(n)]
+            and n.op_type not in ("Constant", "Shape")]
+
+
 class QuantizeInt8Pass(RebuildPass):
     name = "int8"
     exact = False
@@ -55,8 +88,11 @@ class QuantizeInt8Pass(RebuildPass):
                                  "model; give the float model it came from, or run it as it is")
 
     def __init__(self, calibration, target: str = "ort", method: str = "minmax", input_shape=None,
-                 exclude=(), budget=None) -> None:
+                 exclude=(), budget=None, keep_tail_float: bool = True) -> None:
         super().__init__()
+        # A detector's decoding (box/score concatenation, DFL softmax, grid arithmetic) and a classifier's final
+        # softmax gain nothing in int8 and lose the precision their outputs need: float unless asked.
+        self.keep_tail_float = keep_tail_float
         # Node names or op types kept in float from the start (--int8-exclude); the budget search adds to them.
         self.exclude = tuple(exclude)
         # The pipeline's AccuracyBudget (None: no budget), in points of accuracy (labelled data) or of top-1
@@ -190,9 +226,16 @@ class QuantizeInt8Pass(RebuildPass):
                 return onnx.load(str(dst))
 
             base = self._resolve_exclude(proto)
-            quantized = quantize(base)
             if base:
                 self.note(f"kept {len(base)} node(s) in float as asked (--int8-exclude): {', '.join(base)}")
+            if self.keep_tail_float:
+                tail = [n for n in decode_tail(proto) if n not in base]
+                if tail:
+                    shown = ", ".join(tail[:8]) + (f" and {len(tail) - 8} more" if len(tail) > 8 else "")
+                    self.note(f"kept the post-processing tail in float: {len(tail)} node(s) after the last "
+                              f"multi-channel convolution or FC layer ({shown}); --int8-quantize-tail quantizes it too")
+                    base = base + tail
+            quantized = quantize(base)
             if self.budget is not None:
                 quantized = self._hold_budget(proto, quantized, base, quantize)
             onnx.save_model(quantized, str(dst))
