@@ -253,19 +253,22 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
                    f"(budget {r['accuracy_budget']:g})")
         for refused in r["refused"]:
             click.echo(f"    tried first, refused: {refused}")
-        engines = r.get("engines")
-        if engines and engines["fastest"]:
-            ms = engines["latency_ms_batch1"]
-            best = engines["fastest"]
-            others = ", ".join(f"{ms[name] / ms[best]:.2f}x faster than {name}" for name in ms if name != best)
-            providers = {"ort-cpu": "cpu", "ov-cpu": "ov-cpu"}[best]
-            click.echo(f"    fastest here at batch 1: {best}{f' ({others})' if others else ''}, measured side by side; "
-                       f"run it with Engine({Path(output).name!r}, providers={providers!r}); deploykit bench "
-                       f"{output} {' '.join(f'--backend {name}' for name in ms)} measures more")
-        for name in (engines or {}).get("not_installed", []):
-            click.echo(f"    not compared: {name}")
-        for name, why in (engines or {}).get("failed", {}).items():
-            click.echo(f"    not compared: {name}, whose run failed: {why}")
+        if r.get("candidates"):
+            click.echo(f"    candidates, judged in the engine that runs them ({r['metric']}) and timed side by side "
+                       "at batch 1:")
+            click.echo(f"      {'candidate':<16} {'drop':>7} {'latency':>9} {'vs ORT fp32':>11}  verdict")
+            for c in r["candidates"]:
+                drop = "-" if c["drop"] is None else f"{c['drop']:.2f}"
+                ms = "-" if c["latency_ms"] is None else f"{c['latency_ms']:.2f} ms"
+                speed = "-" if c["speedup"] is None else f"{c['speedup']:.2f}x"
+                click.echo(f"      {c['label']:<16} {drop:>7} {ms:>9} {speed:>11}  {c['verdict']}")
+            for name in r.get("not_compared", []):
+                click.echo(f"    not compared: {name}")
+            providers = "openvino" if r["engine"] == "ov-cpu" else "cpu"
+            click.echo(f"    chosen: {r['chosen']}, recorded in the file: Engine({Path(output).name!r}) runs it "
+                       f"that way (as Engine(..., providers={providers!r}"
+                       + (f", precision={r['precision']!r}" if r["engine"] == "ov-cpu" and r["precision"] != "int8"
+                          else "") + "))")
     click.echo(f"wrote {output}")
 
 

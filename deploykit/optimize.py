@@ -242,6 +242,29 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
     return report
 
 
+def _choose_deployment(source, int8_model, output, validate, calibration, input_shape, metric, budget) -> dict:
+    """deploykit.choice over this recipe's candidates: the winner is written at `output`; the table returned."""
+    from .choice import candidates_for, choose, judge_in_engine, time_side_by_side, write_winner
+    from .signature import read_signature
+    from .validation import AccuracyJudge, load_validation
+
+    proto = io.load_model(source, load_weights=False)
+    signature = read_signature(proto)
+    shapes = signature.resolve(input_shape)
+    validation = load_validation(validate, signature, shapes, calibration=calibration)
+    judge = AccuracyJudge(str(source), validation, metric)
+    if judge.baseline is None:
+        raise UserInputError("--recipe fast judges each engine by a task metric, and this model's first output has "
+                             "no class axis: give --metric (detection, ctc, mask-iou or PATH.py:FUNCTION)")
+    candidates, skipped = candidates_for(Path(source), Path(int8_model) if int8_model else None)
+    judge_in_engine(candidates, judge)
+    time_side_by_side(candidates, input_shape)
+    winner = choose(candidates, budget)
+    write_winner(winner, Path(output), inputs=io.model_files(source))
+    return {"candidates": [c.to_dict() for c in candidates], "chosen": winner.label, "engine": winner.engine,
+            "precision": winner.precision, "metric": judge.what, "not_compared": skipped}
+
+
 def _tidy(model) -> None:
     """Drop what a rewrite left unread (old weights, dead nodes) so the next pass and the stats see the real graph."""
     import onnx_ir.passes.common as common
@@ -315,6 +338,7 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
         holds = _whole_result_within(budget)
 
         refusals = []
+        report = None
         for spec in tries:
             if progress:
                 progress(f"recipe fast: bottleneck {spec or 'none'} + int8")
@@ -334,15 +358,23 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
                 continue
             report.recipe = {"name": recipe, "bottleneck": spec, "accuracy_budget": budget,
                              "drop": total_drop(report), "refused": refusals}
-            if output_path is not None:
-                if progress:
-                    progress("recipe fast: timing the result in ONNX Runtime and OpenVINO")
-                from .bench import compare_cpu_engines
-
-                report.recipe["engines"] = compare_cpu_engines(output_path, input_shape)
-            return report
-        raise VerificationError("--recipe fast cannot hold the accuracy budget of "
-                                f"{budget:g} point(s): " + "; ".join(refusals) + "; nothing was written")
+            break
+        int8_model = output_path if report is not None else None
+        if report is None:
+            if output_path is None:
+                raise VerificationError("--recipe fast cannot hold the accuracy budget of "
+                                        f"{budget:g} point(s) in int8: " + "; ".join(refusals) + "; nothing was written")
+            # No int8 form holds: the float model, in the engine and precision that run it fastest, may still.
+            report = optimize_model(model_path, None, fold=False, fuse=False, input_shape=input_shape,
+                                    tolerance=tolerance, validate=validate)
+            report.recipe = {"name": recipe, "bottleneck": None, "accuracy_budget": budget, "drop": None,
+                             "refused": refusals}
+        if output_path is not None:
+            if progress:
+                progress("recipe fast: judging and timing each engine and precision side by side")
+            report.recipe.update(_choose_deployment(model_path, int8_model, output_path, validate, calibration,
+                                                    input_shape, metric, budget))
+        return report
 
     if calibration is not None and not isinstance(calibration, np.ndarray) and (int8 or fp16 or bottleneck):
         # Read (and refuse bad data) before any pass runs, once for every pass that uses it.

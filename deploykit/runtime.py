@@ -99,6 +99,11 @@ class Engine:
         self._plan = None
         self._session = None
         self._closed = False
+        if providers == "auto" and path.suffix == ".onnx" and precision is None:
+            # An artefact deploykit chose an engine for (optimize --recipe fast) runs in that engine by default.
+            recorded = _recorded_deployment(path)
+            if recorded is not None:
+                providers, precision = recorded
         openvino = path.suffix == ".xml" or (isinstance(providers, str) and providers.lower() in _OPENVINO)
         if precision is not None and not openvino:
             raise UserInputError("precision= applies to OpenVINO (providers='openvino' or a built .xml): ONNX Runtime "
@@ -231,6 +236,19 @@ class Engine:
 
     def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return validate_feeds(f"model {self.path.name}", self.inputs, feeds)
+
+
+def _recorded_deployment(path: Path) -> tuple[str, str | None] | None:
+    """("openvino", precision) where the model's metadata records that deploykit chose OpenVINO for it, else None."""
+    from . import io
+
+    try:
+        meta = io.get_metadata(io.load_model(path, load_weights=False))
+    except Exception:  # an unreadable model is reported by the session below, with its own message
+        return None
+    if meta.get("engine") != "ov-cpu":
+        return None
+    return "openvino", meta.get("precision") if meta.get("precision") in ("f32", "bf16") else None
 
 
 def _openvino_runner(path: Path, precision: str | None, threads: int | None):

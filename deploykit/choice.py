@@ -1,0 +1,170 @@
+"""The fastest artefact on this machine that holds the accuracy budget, chosen across engines and precisions.
+
+`--recipe fast` ends here. The candidates are the input in ONNX Runtime (fp32), the input in OpenVINO
+(f32, and bf16 where the CPU has native bf16 kernels), and the recipe's int8 model in each engine. Each
+is judged where it runs, in the engine and at the precision it will run at, in the points of the
+budget's metric, against the input in ONNX Runtime; each is timed at batch 1 in a fresh process, the
+candidates taking turns round by round. Among those that hold the budget the fastest wins; one within
+TIE of it is a tie, and a tie goes to the more accurate. The winner is written with its engine and
+precision recorded in its metadata, so `Engine(OUT)` runs it that way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import DeploykitError
+
+TIE = 0.05  # latencies within 5% of the fastest are inside this machine's round-to-round noise: a tie
+ENGINE_KEY = "deploykit.engine"
+PRECISION_KEY = "deploykit.precision"
+
+
+@dataclass
+class Candidate:
+    engine: str      # ort-cpu or ov-cpu
+    precision: str   # fp32 (ORT), f32 / bf16 (OpenVINO), int8
+    path: str
+    drop: float | None = None        # points of the metric lost against the input in ORT
+    latency_ms: float | None = None  # median at batch 1
+    speedup: float | None = None     # over the input in ORT fp32, measured in the same rounds
+    verdict: str = ""                # "chosen", or why it lost
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.precision}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "label": self.label}
+
+
+def choose(candidates: list[Candidate], budget: float, tie: float = TIE) -> Candidate:
+    """The winner among measured candidates (drop and latency filled in), with every loser's verdict set."""
+    holding = [c for c in candidates if c.drop is not None and c.latency_ms is not None and c.drop <= budget]
+    for c in candidates:
+        if c.latency_ms is None:
+            c.verdict = c.verdict or "could not be timed"
+        elif c.drop is None:
+            c.verdict = c.verdict or "could not be judged"
+        elif c.drop > budget:
+            c.verdict = f"costs {c.drop:.2f} points, over the budget of {budget:g}"
+    if not holding:
+        raise DeploykitError("no candidate holds the accuracy budget, not even the input in ONNX Runtime")
+    fastest = min(holding, key=lambda c: c.latency_ms)
+    tied = [c for c in holding if c.latency_ms <= fastest.latency_ms * (1 + tie)]
+    winner = min(tied, key=lambda c: (c.drop, c.latency_ms))
+    for c in holding:
+        if c is winner:
+            c.verdict = "chosen"
+        elif c in tied:
+            c.verdict = (f"as fast within {tie:.0%} (a tie), and {c.drop - winner.drop:.2f} points less accurate"
+                         if c.drop > winner.drop else f"a tie within {tie:.0%}, {c.latency_ms / winner.latency_ms:.2f}x "
+                         "the winner's latency")
+        else:
+            c.verdict = f"{c.latency_ms / winner.latency_ms:.2f}x slower than {winner.label}"
+    return winner
+
+
+def candidates_for(source: Path, int8_model: Path | None) -> tuple[list[Candidate], list[str]]:
+    """The candidates this machine can run, and what is left out and why."""
+    from .backends import get_backend
+    from .machine import has_native_bf16
+
+    found = [Candidate("ort-cpu", "fp32", str(source))]
+    skipped = []
+    if get_backend("ov-cpu").available()[0]:
+        found.append(Candidate("ov-cpu", "f32", str(source)))
+        try:
+            native = has_native_bf16()
+        except Exception:  # OpenVINO could not say: no bf16 candidate
+            native = False
+        if native:
+            found.append(Candidate("ov-cpu", "bf16", str(source)))
+        else:
+            skipped.append("ov-cpu bf16 (this CPU has no native bf16)")
+    else:
+        skipped.append("ov-cpu (pip install 'deploykit[openvino]')")
+    if int8_model is not None:
+        found.append(Candidate("ort-cpu", "int8", str(int8_model)))
+        if any(c.engine == "ov-cpu" for c in found):
+            found.append(Candidate("ov-cpu", "int8", str(int8_model)))
+    return found, skipped
+
+
+def _engine_for(candidate: Candidate):
+    from .runtime import Engine
+
+    if candidate.engine == "ov-cpu":
+        precision = candidate.precision if candidate.precision in ("f32", "bf16") else None
+        return Engine(candidate.path, providers="openvino", precision=precision)
+    return Engine(candidate.path, providers="cpu")
+
+
+def judge_in_engine(candidates: list[Candidate], judge) -> None:
+    """Each candidate's drop in points of the judge's metric, its outputs computed in its own engine."""
+    from .validation import BATCH
+
+    feeds = judge.validation.feeds
+    total = len(next(iter(feeds.values())))
+    for c in candidates:
+        try:
+            engine = _engine_for(c)
+            parts = []
+            for start in range(0, total, BATCH):
+                outs = engine.run({n: a[start:start + BATCH] for n, a in feeds.items()})
+                parts.append(outs)
+            engine.close()
+            import numpy as np
+
+            outputs = [np.concatenate([p[i] for p in parts]).astype(np.float32) for i in range(len(parts[0]))]
+            c.drop = judge.baseline - judge.score_outputs(outputs)
+        except DeploykitError as exc:
+            c.verdict = f"cannot run here: {exc}"
+
+
+def time_side_by_side(candidates: list[Candidate], input_shape, rounds: int = 3, seconds: float = 0.3) -> None:
+    """Median batch-1 latency of each candidate, each timing in a fresh process, taking turns round by round."""
+    import onnx
+
+    from .bench import run_one
+    from .signature import read_signature
+    from .timing import interleaved, median
+
+    shapes = read_signature(onnx.load(candidates[0].path, load_external_data=False)).resolve(input_shape)
+    spec = {"batch": 1, "warmup": 5, "duration": seconds,
+            "input_shape": {name: list(shape) for name, shape in shapes.items()}}
+    failed: dict[str, str] = {}
+    by_label = {c.label: c for c in candidates if not c.verdict.startswith("cannot run")}
+
+    def measure(label):
+        c = by_label[label]
+        if label in failed:
+            return []
+        backend = c.engine + (":bf16" if c.precision == "bf16" else "")
+        try:
+            return run_one({**spec, "artefact": c.path, "backend": backend})["latencies_s"]
+        except DeploykitError as exc:
+            failed[label] = str(exc)
+            return []
+
+    samples = interleaved({label: label for label in by_label}, rounds, measure)
+    for label, values in samples.items():
+        if label in failed or not values:
+            by_label[label].verdict = f"cannot run here: {failed.get(label, 'no timing')}"
+        else:
+            by_label[label].latency_ms = 1e3 * median(values)
+    reference = next((c for c in candidates if c.engine == "ort-cpu" and c.precision == "fp32"), None)
+    for c in candidates:
+        if c.latency_ms and reference is not None and reference.latency_ms:
+            c.speedup = reference.latency_ms / c.latency_ms
+
+
+def write_winner(winner: Candidate, output: Path, inputs=()) -> None:
+    """The winner at `output` with its engine and precision in the metadata Engine reads."""
+    from . import io
+
+    model = io.load_model(winner.path)
+    io.set_metadata(model, {ENGINE_KEY.removeprefix(io.METADATA_PREFIX): winner.engine,
+                            PRECISION_KEY.removeprefix(io.METADATA_PREFIX): winner.precision})
+    io.save_model(model, output, external_weights=io.has_external_data(winner.path), inputs=inputs)

@@ -1,0 +1,58 @@
+"""The choice among engines and precisions (deploykit.choice.choose), on measurements given to it: which must
+win, ties and the budget. The real measuring is exercised by the recipe tests (test_optimize, test_ppocr)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploykit.choice import Candidate, choose
+
+
+def _candidates(measured):
+    return [Candidate(engine, precision, f"{engine}-{precision}.onnx", drop=drop, latency_ms=ms)
+            for (engine, precision), (drop, ms) in measured.items()]
+
+
+def test_openvino_bf16_wins_where_it_is_fastest_and_holds_the_budget():
+    # As measured on the PP-OCR recogniser on an AVX512_BF16 CPU: bf16 in OpenVINO beats every int8 form.
+    found = _candidates({("ort-cpu", "fp32"): (0.0, 12.3), ("ov-cpu", "f32"): (0.0, 5.2), ("ov-cpu", "bf16"): (0.4, 3.4),
+                         ("ort-cpu", "int8"): (0.8, 6.7), ("ov-cpu", "int8"): (0.6, 10.2)})
+    winner = choose(found, budget=1.0)
+    assert winner.label == "ov-cpu bf16" and winner.verdict == "chosen"
+    assert [c.verdict.split(" slower")[0] for c in found if c is not winner] == ["3.62x", "1.53x", "1.97x", "3.00x"]
+
+
+def test_onnx_runtime_wins_on_a_model_that_is_all_per_call_overhead():
+    found = _candidates({("ort-cpu", "fp32"): (0.0, 0.012), ("ov-cpu", "f32"): (0.0, 0.060),
+                         ("ort-cpu", "int8"): (0.0, 0.013), ("ov-cpu", "int8"): (0.0, 0.070)})
+    assert choose(found, budget=1.0).label == "ort-cpu fp32"
+
+
+def test_a_faster_candidate_over_budget_loses_and_says_why():
+    found = _candidates({("ort-cpu", "fp32"): (0.0, 10.0), ("ort-cpu", "int8"): (3.5, 4.0), ("ov-cpu", "bf16"): (0.5, 6.0)})
+    winner = choose(found, budget=1.0)
+    assert winner.label == "ov-cpu bf16"
+    assert found[1].verdict == "costs 3.50 points, over the budget of 1"
+
+
+def test_a_tie_inside_the_noise_goes_to_the_more_accurate():
+    # 2% apart is inside the round-to-round noise: the one that costs nothing wins.
+    found = _candidates({("ort-cpu", "fp32"): (0.0, 10.0), ("ov-cpu", "bf16"): (0.0, 5.1), ("ov-cpu", "int8"): (0.9, 5.0)})
+    winner = choose(found, budget=1.0)
+    assert winner.label == "ov-cpu bf16"
+    assert "a tie" in found[2].verdict and "0.90 points less accurate" in found[2].verdict
+
+
+def test_untimed_or_unjudged_candidates_are_never_chosen():
+    found = [Candidate("ort-cpu", "fp32", "a.onnx", drop=0.0, latency_ms=10.0),
+             Candidate("ov-cpu", "bf16", "a.onnx", drop=None, latency_ms=1.0, verdict="cannot run here: no plugin"),
+             Candidate("ov-cpu", "f32", "a.onnx", drop=0.0, latency_ms=None)]
+    assert choose(found, budget=1.0).label == "ort-cpu fp32"
+    assert found[1].verdict == "cannot run here: no plugin" and found[2].verdict == "could not be timed"
+
+
+def test_nothing_holding_the_budget_is_an_error():
+    from deploykit.errors import DeploykitError
+
+    with pytest.raises(DeploykitError, match="no candidate holds"):
+        choose(_candidates({("ort-cpu", "fp32"): (2.0, 1.0)}), budget=1.0)
