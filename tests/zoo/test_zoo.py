@@ -16,6 +16,12 @@ PUBLISHED_PARAMS = {
     "resnet50": 25_557_032,
     "densenet121": 7_978_856,
     "googlenet": 6_624_904,
+    # The networks CPUs run (torchvision's model cards).
+    "mobilenet_v2": 3_504_872,
+    "mobilenet_v3_large": 5_483_032,
+    "efficientnet_b0": 5_288_548,
+    "shufflenet_v2": 2_278_604,
+    "regnet_y_400mf": 4_344_144,
 }
 
 
