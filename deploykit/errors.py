@@ -32,6 +32,24 @@ class BackendUnavailableError(DeploykitError):
     exit_code = 4
 
 
+class BudgetNotHeld(VerificationError):
+    """The finished pipeline's result fails the caller's acceptance check; nothing was written. `report` is
+    the deploykit.optimize.OptimizeReport of the result that was refused."""
+
+    def __init__(self, message: str, report):
+        super().__init__(message)
+        self.report = report
+
+
+class UnreachableBudget(UserInputError):
+    """A macs=/time= bottleneck budget the factorisable layers cannot reach; `reachable` is the nearest spec that
+    can be."""
+
+    def __init__(self, message: str, reachable: str):
+        super().__init__(message)
+        self.reachable = reachable
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none): errors stay one line."""
     text = str(exc).strip()

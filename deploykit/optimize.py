@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .errors import UserInputError, VerificationError
+from .errors import BudgetNotHeld, UserInputError, VerificationError  # noqa: F401  (BudgetNotHeld: its old home)
 from .verify import compare, cpu_session, worst
 
 DEFAULT_TOLERANCE = 1e-4
@@ -151,14 +151,6 @@ def resolve_input_shapes(proto, given=None) -> dict[str, tuple[int, ...]]:
     from .signature import read_signature
 
     return read_signature(proto).resolve(given)
-
-
-class BudgetNotHeld(VerificationError):
-    """The finished pipeline's result fails the caller's acceptance check; nothing was written."""
-
-    def __init__(self, message: str, report: "OptimizeReport"):
-        super().__init__(message)
-        self.report = report
 
 
 def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tolerance=DEFAULT_TOLERANCE,
@@ -319,7 +311,7 @@ def optimize_model(model_path, output_path=None, *, fold=True, fuse=True, target
     """
     from .errors import UserInputError
     from .passes import build_pipeline
-    from .passes.bottleneck import UnreachableBudget
+    from .errors import UnreachableBudget
 
     from .metrics import parse_metric
 

@@ -122,3 +122,18 @@ def test_low_layers_import_nothing_above_them():
     graph = import_graph(PACKAGE)
     for leaf in leaves & set(graph):
         assert graph[leaf] <= leaves, (leaf, sorted(graph[leaf] - leaves))
+
+
+def test_the_public_api_names_every_verb_and_error():
+    """One function per verb, importable from the package, and every public exception from deploykit.errors."""
+    import subprocess
+    import sys
+
+    code = ("import deploykit, deploykit.errors as e\n"
+            "names = ['export', 'inspect_model', 'optimize_model', 'build', 'benchmark', 'package_triton',\n"
+            "         'slide_image', 'Server', 'Engine']\n"
+            "assert all(callable(getattr(deploykit, n)) for n in names), names\n"
+            "errors = [n for n in dir(e) if isinstance(getattr(e, n), type) and issubclass(getattr(e, n), Exception)]\n"
+            "assert set(errors) <= set(deploykit.__all__), set(errors) - set(deploykit.__all__)\n"
+            "import sys; assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

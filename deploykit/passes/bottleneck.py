@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from ..errors import UserInputError
+from ..errors import UnreachableBudget, UserInputError  # noqa: F401  (UnreachableBudget: its old home)
 from ._graph import add_initializer, attr, const, ints, replace_value
 from .base import GraphPass
 
@@ -138,14 +138,6 @@ class _Layer:
         if self.cin <= RANK_FLOOR:
             return self.max_useful_rank()
         return min(self.max_useful_rank(), max(min(RANK_FLOOR, math.ceil(self.cin / 4)), math.ceil(self.cin / 16)))
-
-
-class UnreachableBudget(UserInputError):
-    """A macs=/time= budget the factorisable layers cannot reach; `reachable` is the nearest spec that can be."""
-
-    def __init__(self, message: str, reachable: str):
-        super().__init__(message)
-        self.reachable = reachable
 
 
 class BottleneckPass(GraphPass):
