@@ -21,14 +21,10 @@ def _rss() -> int:
 def peak_rss() -> int:
     """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that across execve, so a worker
     started from a large parent would report the parent's size. VmHWM belongs to this address space."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from deploykit.memory import proc_kib_field
+
+    found = proc_kib_field("/proc/self/status", "VmHWM")
+    return found if found is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def runner_precision(runner, artefact) -> str:

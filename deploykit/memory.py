@@ -19,15 +19,23 @@ from .errors import UserInputError
 MAX_DIM = 2**31 - 1
 
 
-def available_bytes() -> int:
-    """Memory the kernel could give this process now (MemAvailable), or the physical size where unknown."""
+def proc_kib_field(path: str, key: str) -> int | None:
+    """Bytes of a "Key:   N kB" line of a /proc file (meminfo, self/status), or None where it has none."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def available_bytes() -> int:
+    """Memory the kernel could give this process now (MemAvailable), or the physical size where unknown."""
+    found = proc_kib_field("/proc/meminfo", "MemAvailable")
+    if found is not None:
+        return found
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -98,9 +98,9 @@ def test_every_verb_runs_on_the_detector(cli, tmp_path):
     assert result.code == 2 and "nothing to slide" in result.err
 
 
-@pytest.fixture(scope="module")
-def letterboxed(tmp_path_factory):
-    """Calibration / validation data as nudenet feeds its model: letterboxed photographs, mirrored too."""
+def letterboxed_photographs() -> np.ndarray:
+    """Calibration / validation data as nudenet feeds its model: skimage's photographs letterboxed to 320x320,
+    mirrored too (bench/recipe.py uses the same)."""
     images = []
     for name in ("astronaut", "camera", "coffee", "chelsea", "rocket", "colorwheel"):
         image = getattr(skimage_data, name)()
@@ -108,8 +108,13 @@ def letterboxed(tmp_path_factory):
         bgr = np.ascontiguousarray(image[..., ::-1])
         for view in (bgr, np.ascontiguousarray(bgr[:, ::-1])):
             images.append(_read_image(view, 320)[0][0])
+    return np.stack(images).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def letterboxed(tmp_path_factory):
     path = tmp_path_factory.mktemp("yolo") / "letterboxed.npy"
-    np.save(path, np.stack(images).astype(np.float32))
+    np.save(path, letterboxed_photographs())
     return path
 
 
