@@ -10,6 +10,7 @@ The trained ones are judged on real inputs: the PP-OCR recogniser (rapidocr-onnx
 text lines with --metric ctc, the YOLOv8n detector inside the nudenet wheel on skimage's photographs
 with --metric detection.
 
+    pip install -e '.[test,bench]'   # nncf for the comparison rows
     python bench/recipe.py [--models mobilenet_v2,...] [--out bench/RECIPE.md]
 """
 
