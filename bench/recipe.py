@@ -92,8 +92,8 @@ def nncf_row(name, source, data, shape, metric, winner_path, recipe, tmp) -> lis
 
     samples = np.load(data)
     model = ov.Core().read_model(str(source))
-    if shape is not None:
-        model.reshape({model.inputs[0].get_any_name(): list(shape)})
+    if shape is not None:  # the dynamic dimensions other than the batch, as the recipe was given them
+        model.reshape({model.inputs[0].get_any_name(): [-1, *shape[1:]]})
     quantized = nncf.quantize(model, nncf.Dataset([samples[i:i + 1] for i in range(len(samples))]))
     xml = tmp / f"{name}_nncf.xml"
     ov.save_model(quantized, str(xml))
@@ -105,14 +105,18 @@ def nncf_row(name, source, data, shape, metric, winner_path, recipe, tmp) -> lis
     judge_in_engine(rows[1:2], judge)
     rows[0].drop = 0.0
     time_side_by_side(rows, shape)
-    out = ["| second run, side by side | drop (points) | batch-1 latency | vs ORT fp32 |", "| --- | --- | --- | --- |"]
+    out = ["| second run, side by side | drop (points) | batch-1 latency | vs ORT fp32 | note |",
+           "| --- | --- | --- | --- | --- |"]
     for c in rows:
         label = ("ORT fp32" if c is rows[0] else "NNCF quantize int8 in OpenVINO" if c is rows[1] else
                  f"the recipe's artefact ({c.label}, as recorded)")
         drop = "-" if c.drop is None else f"{c.drop:.2f}"
         ms = "-" if c.latency_ms is None else f"{c.latency_ms:.2f} ms"
         speed = "-" if c.speedup is None else f"{c.speedup:.2f}x"
-        out.append(f"| {label} | {drop} | {ms} | {speed} |")
+        note = c.verdict if c.verdict.startswith("cannot") else ("holds the budget" if c.drop is not None and
+                                                                 c.drop <= recipe["accuracy_budget"] else
+                                                                 "over the budget" if c.drop is not None else "")
+        out.append(f"| {label} | {drop} | {ms} | {speed} | {note} |")
     return out + [""]
 
 

@@ -110,9 +110,15 @@ def judge_in_engine(candidates: list[Candidate], judge) -> None:
     for c in candidates:
         try:
             engine = _engine_for(c)
+            first = next(iter(engine.inputs), (None, None, None))[1]
+            fixed = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
+            step = fixed or BATCH
+            if fixed and total % fixed:
+                c.verdict = f"cannot be judged: its batch is fixed at {fixed}, the validation set has {total} samples"
+                continue
             parts = []
-            for start in range(0, total, BATCH):
-                outs = engine.run({n: a[start:start + BATCH] for n, a in feeds.items()})
+            for start in range(0, total, step):
+                outs = engine.run({n: a[start:start + step] for n, a in feeds.items()})
                 parts.append(outs)
             engine.close()
             import numpy as np

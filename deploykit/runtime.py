@@ -207,6 +207,24 @@ class Engine:
                                      f"({', '.join(f'{n} {_pretty_shape(a.shape)}' for n, a in checked.items())}): "
                                      f"{runtime_message(exc)}") from exc
 
+    def run_bound(self, *args, device: str = "cuda", **kwargs) -> list[np.ndarray]:
+        """run() through ONNX Runtime's I/O binding: each input is copied to `device` once, the outputs are
+        allocated there by ORT and copied back once at the end (run() lets ORT stage both through host buffers).
+        For a session on the CUDA or TensorRT provider; device="cpu" runs the same path on the CPU."""
+        if self._closed:
+            raise UserInputError(f"this Engine for {self.path.name} is closed: create a new one")
+        if self._plan is not None:
+            raise UserInputError("run_bound() is ONNX Runtime's I/O binding: a TensorRT plan or OpenVINO model keeps "
+                                 "its own buffers; use run()")
+        checked = self._validate(self._feeds(args, kwargs))
+        binding = self._session.io_binding()
+        for name, array in checked.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self.outputs:
+            binding.bind_output(name, device)
+        self._session.run_with_iobinding(binding, self._run_options)
+        return binding.copy_outputs_to_cpu()
+
     def close(self) -> None:
         """Release the session (and its memory). Calls after close raise a clear error."""
         self._closed = True

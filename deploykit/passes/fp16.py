@@ -137,6 +137,22 @@ class Float16Pass(GraphPass):
 
     def _find_blocked(self, model: ir.Model) -> dict[str, str]:
         blocked = {}
+        for node in model.graph:
+            subgraphs = [g for a in node.attributes.values() for g in
+                         ([a.value] if a.type == ir.AttributeType.GRAPH else
+                          list(a.value) if a.type == ir.AttributeType.GRAPHS else [])]
+            if not subgraphs:
+                continue
+            # Control flow stays float32 whole, and so do the outer values its subgraphs read by name: the
+            # subgraphs declare their types, and a Cast cannot be put on a captured value from outside.
+            blocked[node.name] = f"{node.op_type} has subgraphs, which stay float32"
+            for subgraph in subgraphs:
+                for inner in ir.traversal.RecursiveGraphIterator(subgraph):
+                    for v in inner.inputs:
+                        producer = v.producer() if v is not None else None
+                        if producer is not None and producer.graph is model.graph:
+                            blocked.setdefault(producer.name, f"its output {v.name} is read inside {node.name}'s "
+                                                              "subgraph, which stays float32")
         data_nodes = _data_dependent(model.graph)
         for node in model.graph:
             if node.op_type in FLOAT32_ONLY_OPS:

@@ -159,3 +159,16 @@ def test_bench_refuses_an_onnx_file_for_the_plan_runner(cli, exported):
     path, _ = exported("digits")
     result = cli("bench", path, "--backend", "trt", "--iterations", "1")
     assert result.code == 2 and "runs a TensorRT plan" in result.err and "ort-trt" in result.err
+
+
+def test_io_binding_runs_the_same_model_as_run(exported):
+    """The GPU runner's path (ORT I/O binding), taken on the CPU: the same outputs as run(), and its checks."""
+    from deploykit import Engine, ShapeMismatchError
+
+    path, _ = exported("digits")
+    engine = Engine(path, providers="cpu")
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    bound = engine.run_bound(x, device="cpu")
+    np.testing.assert_array_equal(bound[0], engine.run(x)[0])
+    with pytest.raises(ShapeMismatchError):
+        engine.run_bound(np.zeros((3, 1, 9, 9), np.float32), device="cpu")

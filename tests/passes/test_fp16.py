@@ -114,3 +114,28 @@ def test_shape_arithmetic_stays_float32_so_range_still_loads(tmp_path):
     # The grid reaches 4792, where float16 spaces values 4 apart: kept in float32, every step is exact.
     np.testing.assert_array_equal(grid, np.arange(0, 600 * 8, 8, dtype=np.float32))
     np.testing.assert_allclose(y, ort_run(model, {"x": x})[0], rtol=2e-3, atol=4.0)
+
+
+def test_control_flow_and_what_its_subgraphs_read_stay_float32(tmp_path):
+    """An If whose branches read the conv's output by name (a captured value): converting that output to float16
+    made the branches' declared float32 outputs a type error ORT refused to load."""
+    w = np.random.default_rng(9).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    then = helper.make_graph([helper.make_node("Relu", ["c"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    otherwise = helper.make_graph([helper.make_node("Neg", ["c"], ["e"])], "else", [],
+                                  [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=otherwise)]
+    model = make_model(nodes, [tensor_info("x", ["N", 3, 8, 8]), tensor_info("flag", [], TensorProto.BOOL)],
+                       [tensor_info("y", ["N", 8, 8, 8])], [("w", w)])
+    source = tmp_path / "if.onnx"
+    onnx.save(model, str(source))
+    out = tmp_path / "if16.onnx"
+    report = optimize_model(source, out, fp16=True, input_shape={"x": (2, 3, 8, 8), "flag": ()})
+    notes = " ".join(report.passes[-1].notes)
+    assert "If has subgraphs" in notes and "read inside" in notes
+    x = np.random.default_rng(10).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        np.testing.assert_allclose(ort_run(onnx.load(str(out)), feeds)[0], ort_run(model, feeds)[0], rtol=1e-5,
+                                   atol=1e-5)
