@@ -36,7 +36,8 @@ from deploykit.machine import describe, precision_ceilings  # noqa: E402
 from deploykit.optimize import optimize_model  # noqa: E402
 from deploykit.stats import summarize  # noqa: E402
 
-MODELS = ["digits", "resnet18", "resnet50", "vgg16", "densenet121"]
+MODELS = ["digits", "resnet18", "resnet50", "vgg16", "densenet121",
+          "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2", "regnet_y_400mf"]
 CPU_VARIANTS = ["torch eager", "ORT raw export", "ORT optimize", "ORT bottleneck macs=0.5", "ORT bottleneck time=0.5",
                 "ORT int8",
                 "ORT bottleneck+int8", "OV f32", "OV bf16", "OV int8", "OV bottleneck+int8"]
