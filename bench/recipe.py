@@ -56,6 +56,24 @@ def _recogniser(tmp):
     return Path(REC), data, shape, "ctc"
 
 
+def _ppocr(kind, tmp):
+    """The PP-OCR detector (pages of rendered text, mask-iou of its probability map) or classifier (text strips,
+    top-1 agreement of its 0/180 degree decision), fed as rapidocr feeds them."""
+    from test_ppocr import CLS, DET, LINES, SHAPES, _normalized, render
+
+    shape = SHAPES[kind]
+    rng = np.random.default_rng(0)
+    if kind == "det":
+        images = [render(rng.permutation(LINES)[:3].tolist()) for _ in range(8)]
+    else:
+        words = " ".join(LINES).split()
+        texts = LINES + [" ".join(rng.permutation(words)[:4]) for _ in range(18)]
+        images = [render([t], width=40 + 20 * len(t)) for t in texts]
+    data = tmp / f"{kind}.npy"
+    np.save(data, np.stack([_normalized(im, shape[2], shape[3]) for im in images]).astype(np.float32))
+    return Path(DET if kind == "det" else CLS), data, shape, "mask-iou" if kind == "det" else "top1"
+
+
 def _detector(tmp):
     from test_yolo import MODEL, letterboxed_photographs
 
@@ -66,6 +84,7 @@ def _detector(tmp):
 
 def run(name, tmp):
     path, data, shape, metric = (_recogniser(tmp) if name == "ppocr_rec" else _detector(tmp) if name == "yolov8n"
+                                 else _ppocr(name.removeprefix("ppocr_"), tmp) if name in ("ppocr_det", "ppocr_cls")
                                  else _zoo(name, tmp))
     start = time.perf_counter()
     out = tmp / f"{name}_fast.onnx"
@@ -135,7 +154,7 @@ def table(name, recipe, seconds) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default=",".join(ZOO + ["ppocr_rec", "yolov8n"]))
+    parser.add_argument("--models", default=",".join(ZOO + ["ppocr_rec", "ppocr_det", "ppocr_cls", "yolov8n"]))
     parser.add_argument("--out", default=str(ROOT / "bench" / "RECIPE.md"))
     args = parser.parse_args()
     lines = ["# `--recipe fast`: the fastest artefact that holds the budget", "",

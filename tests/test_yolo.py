@@ -38,7 +38,7 @@ def _photographs() -> list[np.ndarray]:
 
 
 def detect(model_path, images) -> list[list[dict]]:
-    engine = Engine(model_path, providers="cpu")
+    engine = Engine(model_path)  # as recorded in the file: a recipe's artefact runs in the engine it chose
     found = []
     for image in images:
         blob, x_ratio, y_ratio, x_pad, y_pad, width, height = _read_image(image, 320)
@@ -147,3 +147,23 @@ def test_budgeted_int8_in_detection_points_keeps_the_convolutions_in_int8(refere
     assert len(in_int8) >= 0.8 * len(convs), (len(in_int8), len(convs))
     kept, total = boxes_kept(expected, detect(out, images))
     assert kept >= 0.9 * total, (kept, total)
+
+
+def test_recipe_fast_picks_an_artefact_that_keeps_boxes_on_held_out_photographs(cli, tmp_path):
+    """The recipe chooses among engines and precisions on one half of the data (calibration and validation),
+    and its written artefact, run as recorded, keeps the boxes on photographs it never saw."""
+    import json
+
+    data = letterboxed_photographs()
+    seen = tmp_path / "seen.npy"
+    np.save(seen, data[::2])  # the whole photographs, unmirrored; held out below: mirrored crops of them
+    out = tmp_path / "fast.onnx"
+    result = cli("optimize", MODEL, "--input-shape", SHAPE, "--recipe", "fast", "--calibration", seen,
+                 "--validate", seen, "--metric", "detection", "--json", "-o", out)
+    assert result.code == 0, result.err
+    recipe = json.loads(result.out)["recipe"]
+    chosen = next(c for c in recipe["candidates"] if c["verdict"] == "chosen")
+    assert chosen["drop"] <= 1.0 and recipe["chosen"] == chosen["label"]
+    held_out = [np.ascontiguousarray(image[:, ::-1]) for image in _photographs()[::2]]
+    kept, total = boxes_kept(detect(MODEL, held_out), detect(out, held_out))  # Engine(out): the recorded engine
+    assert total and kept >= 0.9 * total, (recipe["chosen"], kept, total)
