@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-gpu clean
+.PHONY: demo test test-fast bench bench-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The quick loop while working: everything but the modules that run real trained models end to end, a real Triton
+# server or a 2 GB model (make test, which CI runs, includes them).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q --ignore=tests/test_ppocr.py --ignore=tests/test_yolo.py --ignore=tests/serving \
+		--ignore=tests/test_large_models.py --ignore=tests/test_real_models.py
 
 bench: $(STAMP)
 	$(PY) bench/run.py

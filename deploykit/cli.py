@@ -272,6 +272,20 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
     click.echo(f"wrote {output}")
 
 
+@cli.command(name="passes")
+@_json_option("the passes, one object each")
+def passes_cmd(as_json):
+    """List every graph pass optimize can run: name, exact or approximating, the option that runs it."""
+    from .passes import describe_passes
+
+    rows = describe_passes()
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<11} {'exact' if r['exact'] else 'approximate':<12} {r['option']:<26} {r['summary']}")
+
+
 @cli.command()
 @click.argument("model", type=click.Path())
 @click.option("--image-size", type=click.IntRange(1), default=None, help="side of a random square image, in pixels")

@@ -12,17 +12,46 @@ or composed and verified step by step with deploykit.optimize.run_pipeline / dep
 from __future__ import annotations
 
 from .base import GraphPass
+from .bottleneck import BottleneckPass
 from .cleanup import CleanupPass
+from .fc_to_conv import FcToConvPass
 from .fold_batchnorm import FoldBatchNormPass
+from .fp16 import Float16Pass
 from .fuse_activation import FuseConvActivationPass
+from .int8 import QuantizeInt8Pass
+from .ort_layout import OrtLayoutPass
 
-REGISTRY: dict[str, type[GraphPass]] = {
+# Every pass, by the name its report uses, in the order build_pipeline runs them, with the optimize option that
+# turns it on: what `deploykit passes` lists and tests/passes/test_registry.py checks against the package.
+REGISTRY: dict[str, type] = {
     "cleanup": CleanupPass,
     "fold": FoldBatchNormPass,
+    "fc-to-conv": FcToConvPass,
+    "bottleneck": BottleneckPass,
+    "fp16": Float16Pass,
+    "int8": QuantizeInt8Pass,
     "fuse": FuseConvActivationPass,
+    "ort-layout": OrtLayoutPass,
 }
+OPTIONS = {"cleanup": "(always)", "fold": "--fold/--no-fold (on)", "fc-to-conv": "--fc-to-conv",
+           "bottleneck": "--bottleneck SPEC", "fp16": "--fp16", "int8": "--int8 --calibration DATA",
+           "fuse": "--fuse/--no-fuse (on)", "ort-layout": "--ort-layout"}
 
-__all__ = ["GraphPass", "CleanupPass", "FoldBatchNormPass", "FuseConvActivationPass", "REGISTRY", "build_pipeline"]
+
+def describe_passes() -> list[dict]:
+    """One row per registered pass: name, whether it is exact, the option that runs it, its summary."""
+    import sys
+
+    def summary(cls) -> str:
+        text = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+        return text.splitlines()[0] if text else ""
+
+    return [{"name": name, "exact": bool(getattr(cls, "exact", True)), "option": OPTIONS[name], "summary": summary(cls)}
+            for name, cls in REGISTRY.items()]
+
+__all__ = ["GraphPass", "CleanupPass", "FoldBatchNormPass", "FuseConvActivationPass", "FcToConvPass", "BottleneckPass",
+           "Float16Pass", "QuantizeInt8Pass", "OrtLayoutPass", "REGISTRY", "OPTIONS", "describe_passes",
+           "build_pipeline"]
 
 
 def build_pipeline(*, fold: bool = True, fuse: bool = True, target: str = "ort", fc_to_conv: bool = False,
