@@ -289,40 +289,6 @@ def fastest(report: BenchReport) -> list[str]:
     return lines
 
 
-def compare_cpu_engines(artefact, input_shape=None, rounds: int = 3, seconds: float = 0.3) -> dict:
-    """Batch-1 latency of one ONNX file in each CPU engine installed here (ort-cpu, ov-cpu), each timing in
-    a fresh process (run_one), the engines taking turns round by round: which one to deploy it on is a
-    measured fact of this machine (OpenVINO leads on some CPUs and trails on others, and on very small
-    models its per-call overhead decides). An engine that cannot run the file is reported, not raised:
-    the file is already written and valid."""
-    import onnx
-
-    from .backends import get_backend
-    from .signature import read_signature
-    from .timing import interleaved, median
-
-    shapes = read_signature(onnx.load(str(artefact), load_external_data=False)).resolve(input_shape)
-    spec = {"artefact": str(artefact), "batch": 1, "warmup": 5, "duration": seconds,
-            "input_shape": {name: list(shape) for name, shape in shapes.items()}}
-    engines = [name for name in ("ort-cpu", "ov-cpu") if get_backend(name).available()[0]]
-    failed: dict[str, str] = {}
-
-    def measure(name):
-        if name in failed:
-            return []
-        try:
-            return run_one({**spec, "backend": name})["latencies_s"]
-        except DeploykitError as exc:
-            failed[name] = str(exc)
-            return []
-
-    samples = interleaved({name: name for name in engines}, rounds, measure)
-    latency_ms = {name: 1e3 * median(v) for name, v in samples.items() if name not in failed}
-    missing = [] if "ov-cpu" in engines else ["ov-cpu (pip install 'deploykit[openvino]')"]
-    return {"latency_ms_batch1": latency_ms, "fastest": min(latency_ms, key=latency_ms.get) if latency_ms else None,
-            "not_installed": missing, "failed": failed}
-
-
 def format_table(report: BenchReport) -> str:
     head = ["model", "backend", "precision", "batch", "img/s", "qps", "mean", "median", "p90", "p95", "p99", "min",
             "CV", "warm-up s", "size MiB", "RSS MiB", "floor MiB", "GFLOP/s", "% ceiling"]

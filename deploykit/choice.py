@@ -17,8 +17,6 @@ from pathlib import Path
 from .errors import DeploykitError
 
 TIE = 0.05  # latencies within 5% of the fastest are inside this machine's round-to-round noise: a tie
-ENGINE_KEY = "deploykit.engine"
-PRECISION_KEY = "deploykit.precision"
 
 
 @dataclass
@@ -103,7 +101,7 @@ def _engine_for(candidate: Candidate):
 
 def judge_in_engine(candidates: list[Candidate], judge) -> None:
     """Each candidate's drop in points of the judge's metric, its outputs computed in its own engine."""
-    from .validation import BATCH
+    from .validation import run_batched
 
     feeds = judge.validation.feeds
     total = len(next(iter(feeds.values())))
@@ -112,18 +110,11 @@ def judge_in_engine(candidates: list[Candidate], judge) -> None:
             engine = _engine_for(c)
             first = next(iter(engine.inputs), (None, None, None))[1]
             fixed = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
-            step = fixed or BATCH
-            if fixed and total % fixed:
+            if fixed and total % fixed:  # run_batched would leave the last samples out of one side only
                 c.verdict = f"cannot be judged: its batch is fixed at {fixed}, the validation set has {total} samples"
                 continue
-            parts = []
-            for start in range(0, total, step):
-                outs = engine.run({n: a[start:start + step] for n, a in feeds.items()})
-                parts.append(outs)
+            outputs = run_batched(engine, feeds)
             engine.close()
-            import numpy as np
-
-            outputs = [np.concatenate([p[i] for p in parts]).astype(np.float32) for i in range(len(parts[0]))]
             c.drop = judge.baseline - judge.score_outputs(outputs)
         except DeploykitError as exc:
             c.verdict = f"cannot run here: {exc}"
@@ -171,6 +162,6 @@ def write_winner(winner: Candidate, output: Path, inputs=()) -> None:
     from . import io
 
     model = io.load_model(winner.path)
-    io.set_metadata(model, {ENGINE_KEY.removeprefix(io.METADATA_PREFIX): winner.engine,
-                            PRECISION_KEY.removeprefix(io.METADATA_PREFIX): winner.precision})
+    io.set_metadata(model, {io.DEPLOYMENT_ENGINE_KEY.removeprefix(io.METADATA_PREFIX): winner.engine,
+                            io.DEPLOYMENT_PRECISION_KEY.removeprefix(io.METADATA_PREFIX): winner.precision})
     io.save_model(model, output, external_weights=io.has_external_data(winner.path), inputs=inputs)

@@ -639,21 +639,15 @@ def main(argv=None) -> None:
             raise
         click.echo(f"error: {_first_line(exc)}", err=True)
         sys.exit(exc.exit_code)
-    except OSError as exc:
-        from .io import storage_error
-
-        refusal = storage_error(exc)
-        if debug or refusal is None:
-            if debug:
-                raise
-            click.echo(f"error: internal error {type(exc).__name__}: {_first_line(exc)}"
-                       " (rerun with --debug for the traceback)", err=True)
-            sys.exit(1)
-        click.echo(f"error: {refusal}", err=True)
-        sys.exit(refusal.exit_code)
     except Exception as exc:  # an unexpected failure still gets one line, and --debug for the rest
         if debug:
             raise
+        from .io import storage_error
+
+        refusal = storage_error(exc) if isinstance(exc, OSError) else None  # a full disk is not a bug
+        if refusal is not None:
+            click.echo(f"error: {refusal}", err=True)
+            sys.exit(refusal.exit_code)
         click.echo(f"error: internal error {type(exc).__name__}: {_first_line(exc)}"
                    " (rerun with --debug for the traceback)", err=True)
         sys.exit(1)

@@ -78,30 +78,40 @@ def as_numpy(value: Any, name: str) -> np.ndarray:
         raise ShapeMismatchError(f"input {name!r} must be a numpy array or torch tensor, got {type(value).__name__}") from None
 
 
-def batches(session, feeds: dict[str, np.ndarray], batch: int = 16):
-    """The feeds for `session`, `batch` samples at a time (the model's own batch where every input is fixed),
-    cast to the types the session takes.
+BATCH = 16  # samples per run: bounds the memory of one inference on large inputs
+
+
+def declared_inputs(runner) -> dict[str, tuple]:
+    """{name: (shape, ORT type string)} of an ONNX Runtime session's or a deploykit Engine's inputs."""
+    if hasattr(runner, "get_inputs"):
+        return {i.name: (tuple(i.shape), i.type) for i in runner.get_inputs()}
+    return {name: (shape, type_) for name, shape, type_ in runner.inputs}
+
+
+def batches(runner, feeds: dict[str, np.ndarray], batch: int = BATCH):
+    """The feeds for `runner` (an ORT session or an Engine), `batch` samples at a time (the model's own batch
+    where every input is fixed), cast to the types it takes.
 
     Only inputs with a batch dimension are sliced: where some inputs have a dynamic first dimension,
     those carry the samples and the rest (a scalar sample rate, a fixed-size state) go whole to every run;
     where every input is fixed, the model's own batch is the step."""
-    inputs = {i.name: i for i in session.get_inputs()}
+    inputs = declared_inputs(runner)
     given = {n: a for n, a in feeds.items() if n in inputs}
 
     def open_first(name):
-        shape = inputs[name].shape
+        shape = inputs[name][0]
         return bool(shape) and not (isinstance(shape[0], int) and shape[0] > 0)
 
     sliced = [n for n, a in given.items() if a.ndim and open_first(n)]
     fixed = None
     if not sliced:
-        sliced = [n for n, a in given.items() if a.ndim and inputs[n].shape]
-        fixed = next((inputs[n].shape[0] for n in sliced), None)
+        sliced = [n for n, a in given.items() if a.ndim and inputs[n][0]]
+        fixed = next((inputs[n][0][0] for n in sliced), None)
     step = fixed or batch
     total = len(given[sliced[0]]) if sliced else 1
     if fixed and total < fixed:
         raise UserInputError(f"the model's batch is fixed at {fixed}: give at least {fixed} validation samples")
     for start in range(0, total - (total % step if fixed else 0), step):
-        yield {n: (a[start:start + step] if n in sliced else a).astype(ORT_DTYPES.get(inputs[n].type, a.dtype),
+        yield {n: (a[start:start + step] if n in sliced else a).astype(ORT_DTYPES.get(inputs[n][1], a.dtype),
                                                                         copy=False)
                for n, a in given.items()}

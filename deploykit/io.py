@@ -17,6 +17,9 @@ from typing import Iterator
 from .errors import UserInputError
 
 METADATA_PREFIX = "deploykit."
+# Where `optimize --recipe fast` records the engine and precision it chose; Engine reads them back.
+DEPLOYMENT_ENGINE_KEY = METADATA_PREFIX + "engine"
+DEPLOYMENT_PRECISION_KEY = METADATA_PREFIX + "precision"
 # Protobuf cannot serialise a message over 2 GiB: larger models keep weights in a side file.
 _PROTOBUF_LIMIT = 2**31 - 1
 

@@ -78,9 +78,9 @@ def _mask_iou(reference, candidate, labels):
     if a.ndim != 4 or a.shape[1] != 1 or a.shape != b.shape:
         raise UserInputError(f"--metric mask-iou scores a one-channel [N, 1, H, W] map; the first output is "
                              f"{list(a.shape)}")
-    fa, fb = a > 0.5, b > 0.5
-    union = int(np.sum(fa | fb))
-    return 100.0 if union == 0 else 100.0 * float(np.sum(fa & fb)) / union
+    from .validation import foreground_iou
+
+    return 100.0 * foreground_iou(a, b)
 
 
 # -- sequences ------------------------------------------------------------------------------------

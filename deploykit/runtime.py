@@ -17,6 +17,7 @@ from .feeds import ORT_DTYPES as _ORT_DTYPES  # noqa: F401  (the names this modu
 from .feeds import as_numpy as _as_numpy  # noqa: F401
 from .feeds import pretty_shape as _pretty_shape
 from .feeds import validate_feeds
+from .io import DEPLOYMENT_ENGINE_KEY, DEPLOYMENT_PRECISION_KEY
 from .ort_session import OPT_LEVELS as _OPT_LEVELS
 
 # "auto" tries these in order; ONNX Runtime assigns each node to the first provider that can run it.
@@ -99,11 +100,7 @@ class Engine:
         self._plan = None
         self._session = None
         self._closed = False
-        if providers == "auto" and path.suffix == ".onnx" and precision is None:
-            # An artefact deploykit chose an engine for (optimize --recipe fast) runs in that engine by default.
-            recorded = _recorded_deployment(path)
-            if recorded is not None:
-                providers, precision = recorded
+        follow_recorded = providers == "auto" and path.suffix == ".onnx" and precision is None
         openvino = path.suffix == ".xml" or (isinstance(providers, str) and providers.lower() in _OPENVINO)
         if precision is not None and not openvino:
             raise UserInputError("precision= applies to OpenVINO (providers='openvino' or a built .xml): ONNX Runtime "
@@ -113,11 +110,9 @@ class Engine:
                 # A TensorRT plan: the native TensorRT runner, behind the same validated interface.
                 from .backends.trt import TrtRunner
 
-                self._plan = TrtRunner(path)
+                self._use_plan(TrtRunner(path))
             else:
-                self._plan = _openvino_runner(path, precision, intra_op_threads)
-            self.inputs = [(n, self._plan.input_shapes[n], self._plan.input_types[n]) for n in self._plan.input_names]
-            self.outputs = list(self._plan.output_names)
+                self._use_plan(_openvino_runner(path, precision, intra_op_threads))
             return
         ort = _import_ort()
         if graph_optimization_level is not None and graph_optimization_level not in _OPT_LEVELS:
@@ -155,13 +150,27 @@ class Engine:
 
             io.load_model(path)  # raises the one-line "not an ONNX model" / "weights missing" error
             raise runtime_refusal(path, exc) from exc
+        metadata = self._session.get_modelmeta().custom_metadata_map
+        if follow_recorded and metadata.get(DEPLOYMENT_ENGINE_KEY) == "ov-cpu":
+            # An artefact `optimize --recipe fast` chose OpenVINO for runs there, at the precision it was judged at;
+            # read from the session's metadata, so no other Engine pays a second read of the model.
+            recorded = metadata.get(DEPLOYMENT_PRECISION_KEY)
+            self._session = None
+            self._use_plan(_openvino_runner(path, recorded if recorded in ("f32", "bf16") else None, intra_op_threads))
+            return
         check_providers_used(requested, self._session.get_providers(), path.name)
-        _check_cpu_layout(path, self._session.get_modelmeta().custom_metadata_map)
+        _check_cpu_layout(path, metadata)
         self.inputs = [(i.name, tuple(i.shape), i.type) for i in self._session.get_inputs()]
         self.outputs = [o.name for o in self._session.get_outputs()]
         self._run_options = ort.RunOptions()
         # Run-time failures reach the caller as exceptions; ORT would also print each one at level 3 (error).
         self._run_options.log_severity_level = 4
+
+    def _use_plan(self, plan) -> None:
+        """Run through a backend runner (a TensorRT plan, OpenVINO) instead of an ORT session."""
+        self._plan = plan
+        self.inputs = [(n, plan.input_shapes[n], plan.input_types[n]) for n in plan.input_names]
+        self.outputs = list(plan.output_names)
 
     @property
     def providers(self) -> list[str]:
@@ -254,19 +263,6 @@ class Engine:
 
     def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return validate_feeds(f"model {self.path.name}", self.inputs, feeds)
-
-
-def _recorded_deployment(path: Path) -> tuple[str, str | None] | None:
-    """("openvino", precision) where the model's metadata records that deploykit chose OpenVINO for it, else None."""
-    from . import io
-
-    try:
-        meta = io.get_metadata(io.load_model(path, load_weights=False))
-    except Exception:  # an unreadable model is reported by the session below, with its own message
-        return None
-    if meta.get("engine") != "ov-cpu":
-        return None
-    return "openvino", meta.get("precision") if meta.get("precision") in ("f32", "bf16") else None
 
 
 def _openvino_runner(path: Path, precision: str | None, threads: int | None):

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserInputError
+from .feeds import BATCH  # noqa: F401  (samples per run: its home is feeds.py, callers import it here too)
 
 RANDOM_SAMPLES = 4
-BATCH = 16  # samples per run: bounds the memory of one inference on large inputs
 
 
 @dataclass
@@ -154,13 +154,15 @@ def _checked(name, array, spec, kind) -> np.ndarray:
     return array
 
 
-def run_batched(session, feeds: dict[str, np.ndarray], batch: int = BATCH) -> list[np.ndarray]:
-    """Every output of `session` over all samples, run `batch` at a time (see feeds.batches)."""
+def run_batched(runner, feeds: dict[str, np.ndarray], batch: int = BATCH) -> list[np.ndarray]:
+    """Every output of `runner` (an ORT session, or an Engine in whatever engine it runs) over all samples, run
+    `batch` at a time (see feeds.batches)."""
     from .feeds import batches
 
+    run = (lambda chunk: runner.run(None, chunk)) if hasattr(runner, "get_inputs") else runner.run
     parts: list[list[np.ndarray]] = []
-    for chunk in batches(session, feeds, batch):
-        outs = session.run(None, chunk)
+    for chunk in batches(runner, feeds, batch):
+        outs = run(chunk)
         if not parts:
             parts = [[] for _ in outs]
         for acc, o in zip(parts, outs):
@@ -190,11 +192,16 @@ def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None
             # Two classes per pixel, p > 0.5 or not, scored as the foreground's intersection over union:
             # plain pixel agreement is dominated by background (99.6% for an int8 text detector whose
             # boxes moved enough to change 3 of 4 recognised lines).
-            a, b = reference > 0.5, candidate > 0.5
-            union = int(np.sum(a | b))
-            return 1.0 if union == 0 else float(np.sum(a & b)) / union
+            return foreground_iou(reference, candidate)
         return None
     return float(np.mean(reference.argmax(axis) == candidate.argmax(axis)))
+
+
+def foreground_iou(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Intersection over union of the p > 0.5 foregrounds of two maps (1.0 when both are empty)."""
+    a, b = reference > 0.5, candidate > 0.5
+    union = int(np.sum(a | b))
+    return 1.0 if union == 0 else float(np.sum(a & b)) / union
 
 
 def accuracy(output: np.ndarray, labels: np.ndarray | None) -> float | None:

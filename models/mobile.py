@@ -39,6 +39,13 @@ class SqueezeExcitation(nn.Module):
         return x * s
 
 
+class PooledClassifier(nn.Module):
+    """features, a global average pool, then classifier: the head MobileNetV2/V3 and EfficientNet share."""
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
 # -- MobileNetV2 ------------------------------------------------------------------------------------
 class InvertedResidualV2(nn.Module):
     def __init__(self, cin, cout, stride, expand):
@@ -53,7 +60,7 @@ class InvertedResidualV2(nn.Module):
         return x + self.block(x) if self.residual else self.block(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(PooledClassifier):
     SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                 (6, 320, 1, 1)]
 
@@ -68,8 +75,6 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
 
-    def forward(self, x):
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
 def mobilenet_v2():
@@ -92,7 +97,7 @@ class InvertedResidualV3(nn.Module):
         return x + self.block(x) if self.residual else self.block(x)
 
 
-class MobileNetV3Large(nn.Module):
+class MobileNetV3Large(PooledClassifier):
     # (in, kernel, expanded, out, squeeze-excitation, activation, stride)
     SETTINGS = [(16, 3, 16, 16, False, "RE", 1), (16, 3, 64, 24, False, "RE", 2), (24, 3, 72, 24, False, "RE", 1),
                 (24, 5, 72, 40, True, "RE", 2), (40, 5, 120, 40, True, "RE", 1), (40, 5, 120, 40, True, "RE", 1),
@@ -110,8 +115,6 @@ class MobileNetV3Large(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(inplace=True), nn.Dropout(0.2),
                                         nn.Linear(1280, num_classes))
 
-    def forward(self, x):
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
 def mobilenet_v3_large():
@@ -134,7 +137,7 @@ class MBConv(nn.Module):
         return x + self.block(x) if self.residual else self.block(x)
 
 
-class EfficientNetB0(nn.Module):
+class EfficientNetB0(PooledClassifier):
     # (expand ratio, kernel, stride, in, out, layers)
     SETTINGS = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
                 (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
@@ -149,8 +152,6 @@ class EfficientNetB0(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
 
-    def forward(self, x):
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
 def efficientnet_b0():

@@ -86,13 +86,13 @@ def test_bad_batch_is_one_line(cli):
 
 
 def test_engines_compared_on_a_model_whose_spatial_size_only_the_caller_knows(tmp_path):
-    """compare_cpu_engines (the end of --recipe fast) on an input with dynamic height and width, named:
-    each installed engine runs at the given shape, none fails."""
+    """The recipe's side-by-side timing (deploykit.choice) on an input with dynamic height and width, named:
+    each installed engine runs at the given shape, none fails, and the speed-ups are the latency ratios."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from deploykit.backends import get_backend
-    from deploykit.bench import compare_cpu_engines
+    from deploykit.choice import Candidate, time_side_by_side
 
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
     graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
@@ -100,11 +100,14 @@ def test_engines_compared_on_a_model_whose_spatial_size_only_the_caller_knows(tm
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
     path = tmp_path / "dynamic.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    result = compare_cpu_engines(path, {"image": (1, 3, 40, 24)}, rounds=1, seconds=0.05)
-    installed = {name for name in ("ort-cpu", "ov-cpu") if get_backend(name).available()[0]}
-    assert result["failed"] == {}
-    assert set(result["latency_ms_batch1"]) == installed and all(v > 0 for v in result["latency_ms_batch1"].values())
-    assert result["fastest"] == min(result["latency_ms_batch1"], key=result["latency_ms_batch1"].get)
+    installed = [name for name in ("ort-cpu", "ov-cpu") if get_backend(name).available()[0]]
+    candidates = [Candidate(name, "fp32" if name == "ort-cpu" else "f32", str(path)) for name in installed]
+    time_side_by_side(candidates, {"image": (1, 3, 40, 24)}, rounds=1, seconds=0.05)
+    assert all(c.verdict == "" and c.latency_ms > 0 for c in candidates), [c.verdict for c in candidates]
+    reference = candidates[0]
+    assert reference.speedup == 1.0
+    for c in candidates[1:]:
+        assert c.speedup == pytest.approx(reference.latency_ms / c.latency_ms)
 
 
 def _save_model(path, nodes, inputs, outputs, initializers=()):
