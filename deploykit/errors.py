@@ -3,6 +3,18 @@
 Every error carries a message that fits on one line and says what was wrong and what to do.
 """
 
+import contextvars
+
+# How option names are spelled in messages: "python" (keyword names, what deploykit's functions take) or "cli"
+# (flags, set by deploykit's command line for the duration of a command).
+OPTION_SPELLING = contextvars.ContextVar("deploykit_option_spelling", default="python")
+
+
+def option(name: str) -> str:
+    """An option named the way the caller gave it: `--int8-exclude` on the command line, `int8_exclude` from Python."""
+    name = name.lstrip("-")
+    return f"--{name}" if OPTION_SPELLING.get() == "cli" else name.replace("-", "_")
+
 
 class DeploykitError(Exception):
     """Base class: anything deploykit raises on purpose."""

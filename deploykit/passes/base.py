@@ -12,12 +12,44 @@ whole graph to an outside tool (ONNX Runtime's quantizer, the float16 converter)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import onnx_ir as ir
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """What the pipeline knows that a pass may use, handed over once before it runs (`GraphPass.prepare`).
+
+    input_shapes: one concrete shape per input; validation: the deploykit.validation data every pass is judged
+    on (int8's and the bottleneck's accuracy budgets spend it). A pass used on its own gets an empty context.
+    """
+
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+    validation: Any = None
+
+
+@dataclass
+class NotedResult(ir.passes.PassResult):
+    """onnx_ir's PassResult plus the pass's notes: every change made and every candidate refused, with why."""
+
+    notes: tuple[str, ...] = field(default=())
 
 
 class _Noted:
     name: str = "pass"
     exact: bool = True
+    context: PipelineContext = PipelineContext()
+
+    @classmethod
+    def from_options(cls, options, budget=None) -> "_Noted | None":
+        """This pass configured for a deploykit.options.OptimizeOptions, or None when the options leave it out.
+        `budget` is the pipeline's one deploykit.validation.AccuracyBudget, shared by the passes that spend it."""
+        raise NotImplementedError(f"{cls.__name__} is not configured by optimize options")
+
+    def prepare(self, context: PipelineContext) -> None:
+        self.context = context
 
     def _init_notes(self) -> None:
         self.notes: list[str] = []
@@ -37,7 +69,7 @@ class GraphPass(_Noted, ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.notes = []
         modified = bool(self.rewrite(model))
-        return ir.passes.PassResult(model, modified)
+        return NotedResult(model, modified, tuple(self.notes))
 
     def rewrite(self, model: ir.Model) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -56,7 +88,7 @@ class RebuildPass(_Noted, ir.passes.FunctionalPass):
         # Provenance (recorded input shape, FC->CONV stride...) survives the outside tool.
         for key, value in model.metadata_props.items():
             new.metadata_props.setdefault(key, value)
-        return ir.passes.PassResult(new, True)
+        return NotedResult(new, True, tuple(self.notes))
 
     def rebuild(self, model: ir.Model) -> ir.Model:  # pragma: no cover - abstract
         raise NotImplementedError

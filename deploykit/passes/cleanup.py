@@ -17,6 +17,10 @@ class CleanupPass(GraphPass):
     name = "cleanup"
     exact = True
 
+    @classmethod
+    def from_options(cls, options, budget=None):
+        return cls()  # always: every later pass and the report rely on a tidy, named graph
+
     def rewrite(self, model: ir.Model) -> bool:
         before_nodes = model.graph.num_nodes()
         before_inits = len(model.graph.initializers)

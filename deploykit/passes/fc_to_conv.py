@@ -40,6 +40,10 @@ class FcToConvPass(GraphPass):
     name = "fc-to-conv"
     exact = True
 
+    @classmethod
+    def from_options(cls, options, budget=None):
+        return cls() if options.fc_to_conv else None
+
     def rewrite(self, model: ir.Model) -> bool:
         graph = model.graph
         heads = [n for n in graph if n.op_type in ("Flatten", "Reshape")]

@@ -28,6 +28,10 @@ class FoldBatchNormPass(GraphPass):
     name = "fold"
     exact = True
 
+    @classmethod
+    def from_options(cls, options, budget=None):
+        return cls() if options.fold else None
+
     def rewrite(self, model: ir.Model) -> bool:
         folded = 0
         for bn in nodes_of(model, "BatchNormalization"):

@@ -39,10 +39,16 @@ class Float16Pass(GraphPass):
     name = "fp16"
     exact = False
 
+    @classmethod
+    def from_options(cls, options, budget=None):
+        if not options.fp16:
+            return None
+        return cls(keep_io_types=not options.fp16_io, sample=options.calibration)
+
     def __init__(self, keep_io_types: bool = True, sample=None, input_shapes=None) -> None:
         super().__init__()
         self.keep_io_types, self.sample = keep_io_types, sample
-        # {input name: shape} the guard samples at; the pipeline fills it in from the model's signature.
+        # {input name: shape} the guard samples at; else the pipeline's (PipelineContext), else the signature's.
         self.input_shapes = input_shapes
         self.blocked: dict[str, str] = {}
 
@@ -191,7 +197,7 @@ class Float16Pass(GraphPass):
 
         proto = ir.to_proto(model)
         signature = read_signature(proto)
-        shapes = self.input_shapes or signature.resolve(None)
+        shapes = self.input_shapes or self.context.input_shapes or signature.resolve(None)
         samples = load_validation(None, signature, shapes, calibration=self.sample)
         self.note(f"overflow guard measured on {samples.source}")
         names = [o.name for n in model.graph for o in n.outputs if o is not None and o.name and o.dtype in (None, FLOAT)]

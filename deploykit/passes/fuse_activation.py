@@ -27,6 +27,14 @@ FUSABLE = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid")
 class FuseConvActivationPass(GraphPass):
     exact = True
 
+    @classmethod
+    def from_options(cls, options, budget=None):
+        # Only on an fp32 graph: the int8 quantizer fuses Conv+Relu itself and ORT has no fp16 FusedConv on the
+        # CPU; OpenVINO fuses by itself and cannot read ONNX Runtime's com.microsoft.FusedConv.
+        if not options.fuse or options.int8 or options.fp16 or options.target == "openvino":
+            return None
+        return cls(options.target)
+
     def __init__(self, target: str = "ort") -> None:
         super().__init__()
         if target not in ("ort", "tensorrt"):

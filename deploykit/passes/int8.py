@@ -76,6 +76,15 @@ class QuantizeInt8Pass(RebuildPass):
     name = "int8"
     exact = False
 
+    @classmethod
+    def from_options(cls, options, budget=None):
+        if not options.int8:
+            return None
+        # OpenVINO runs ONNX Runtime's QDQ layout (uint8 activations) as int8 as well (bench/ENGINES.md).
+        return cls(options.calibration, target="ort" if options.target == "openvino" else options.target,
+                   method=options.calibration_method or "minmax", exclude=options.int8_exclude,
+                   budget=budget, keep_tail_float=not options.int8_quantize_tail)
+
     def requires(self, model: ir.Model) -> None:
         """An already quantized model is refused: ORT's quantizer fails inside on its scales, and what is
         quantized cannot be quantized again."""
@@ -96,9 +105,8 @@ class QuantizeInt8Pass(RebuildPass):
         # Node names or op types kept in float from the start (--int8-exclude); the budget search adds to them.
         self.exclude = tuple(exclude)
         # The pipeline's AccuracyBudget (None: no budget), in points of accuracy (labelled data) or of top-1
-        # agreement, shared with a bottleneck before it; judged on the pipeline's validation set, filled in below.
+        # agreement, shared with a bottleneck before it; judged on the pipeline's validation set (its context).
         self.budget = budget
-        self.validation = None
         self.kept_in_float: list[str] = []
         if calibration is None:
             raise UserInputError("--int8 needs --calibration DATA (a folder of images, an .npy/.npz file, or 'digits')")
@@ -272,18 +280,18 @@ class QuantizeInt8Pass(RebuildPass):
         from ..errors import VerificationError
         from ..validation import AccuracyJudge
 
-        judge = AccuracyJudge.for_budget(float_proto, self.validation, self.budget)
+        judge = AccuracyJudge.for_budget(float_proto, self.context.validation, self.budget)
         if judge is None:
             self.note("no accuracy budget: the first output has no class axis to measure top-1 agreement on "
                       "(give --validate data with labels, or judge the deviation with --max-error)")
             return quantized
-        feeds = self.validation.feeds
+        feeds = self.context.validation.feeds
         baseline, what, drop_of = judge.baseline, judge.what, judge.drop_of
         allowance = self.budget.left
         full_drop = drop_of(quantized)
         self.note(f"accuracy budget: {what} {baseline:.2f}% in float, {baseline - full_drop:.2f}% with every layer "
                   f"in int8 (drop {full_drop:.2f} points; {self._budget_words(allowance)}) on "
-                  f"{self.validation.source}")
+                  f"{self.context.validation.source}")
         if full_drop <= allowance:
             self.budget.spent += max(full_drop, 0.0)
             return quantized

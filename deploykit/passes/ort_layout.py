@@ -30,6 +30,10 @@ class OrtLayoutPass(RebuildPass):
     exact = True
     preserves_accounting = True  # same layers and weights, in ORT's own op set
 
+    @classmethod
+    def from_options(cls, options, budget=None):
+        return cls() if options.ort_layout else None
+
     def rebuild(self, model: ir.Model) -> ir.Model:
         import onnx
         import onnxruntime as ort

@@ -1,0 +1,86 @@
+"""Recipes: a stack of passes and a choice of engine, decided for the user under an accuracy budget.
+
+`fast` stacks what pays on the CPU: fold, a low-rank bottleneck under a measured time budget, and int8
+under the accuracy budget, in a graph both ONNX Runtime and OpenVINO run; the budget (1 point by default)
+holds for the whole result against the input: the bottleneck is tried at time=0.5, then milder budgets,
+then left out, until it does. Then every engine and precision the machine offers is judged in the engine
+that runs it and timed side by side (deploykit.choice), and the fastest that holds the budget is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import io
+from .errors import BudgetNotHeld, UnreachableBudget, UserInputError, VerificationError, option
+from .pipeline import OptimizeReport, run_options, total_drop, whole_result_within
+from .options import DEFAULT_ACCURACY_DROP, RECIPES, OptimizeOptions  # noqa: F401  (RECIPES: the recipes here)
+# The time budgets the fast recipe tries, deepest first, until the whole result holds the accuracy budget;
+# None is int8 alone.
+FAST_BOTTLENECKS = ("time=0.5", "time=0.7", "time=0.85", None)
+
+
+def run_recipe(model_path, output_path, options: OptimizeOptions, *, progress=None) -> OptimizeReport:
+    """Run `options.recipe` (checked by OptimizeOptions.check) on the model; see the module docstring."""
+    budget = DEFAULT_ACCURACY_DROP if options.max_accuracy_drop is None else options.max_accuracy_drop
+    tries = (options.bottleneck,) if options.bottleneck else FAST_BOTTLENECKS
+    holds = whole_result_within(budget)
+    refusals = []
+    report = None
+    for spec in tries:
+        if progress:
+            progress(f"recipe fast: bottleneck {spec or 'none'} + int8")
+        step = options.replace(recipe=None, fuse=False, target="openvino", bottleneck=spec, int8=True,
+                               bottleneck_layers=options.bottleneck_layers if spec else None,
+                               max_accuracy_drop=budget)
+        try:
+            step.check()
+            report = run_options(model_path, output_path, step, progress=progress, accept=holds)
+        except (BudgetNotHeld, UnreachableBudget) as exc:
+            refusals.append(f"bottleneck {spec}: {str(exc).removesuffix('; nothing was written')}")
+            continue
+        except VerificationError as exc:  # int8 alone cannot hold the budget at this step
+            refusals.append(f"bottleneck {spec or 'none'}: {exc}")
+            continue
+        report.recipe = {"name": options.recipe, "bottleneck": spec, "accuracy_budget": budget,
+                         "drop": total_drop(report), "refused": refusals}
+        break
+    int8_model = output_path if report is not None else None
+    if report is None:
+        if output_path is None:
+            raise VerificationError(f"{option('recipe')} fast cannot hold the accuracy budget of {budget:g} "
+                                    "point(s) in int8: " + "; ".join(refusals) + "; nothing was written")
+        # No int8 form holds: the float model, in the engine and precision that run it fastest, may still.
+        report = run_options(model_path, None, OptimizeOptions(fold=False, fuse=False, input_shape=options.input_shape,
+                                                               tolerance=options.tolerance, validate=options.validate))
+        report.recipe = {"name": options.recipe, "bottleneck": None, "accuracy_budget": budget, "drop": None,
+                         "refused": refusals}
+    if output_path is not None:
+        if progress:
+            progress("recipe fast: judging and timing each engine and precision side by side")
+        report.recipe.update(choose_deployment(model_path, int8_model, output_path, options, budget))
+    return report
+
+
+def choose_deployment(source, int8_model, output, options: OptimizeOptions, budget: float) -> dict:
+    """deploykit.choice over this recipe's candidates: the winner is written at `output`; the table returned."""
+    from .choice import candidates_for, choose, judge_in_engine, time_side_by_side, write_winner
+    from .signature import read_signature
+    from .validation import AccuracyJudge, load_validation
+
+    proto = io.load_model(source, load_weights=False)
+    signature = read_signature(proto)
+    shapes = signature.resolve(options.input_shape)
+    validation = load_validation(options.validate, signature, shapes, calibration=options.calibration)
+    judge = AccuracyJudge(str(source), validation, options.metric)
+    if judge.baseline is None:
+        raise UserInputError(f"{option('recipe')} fast judges each engine by a task metric, and this model's first "
+                             f"output has no class axis: give {option('metric')} (detection, ctc, mask-iou or "
+                             "PATH.py:FUNCTION)")
+    candidates, skipped = candidates_for(Path(source), Path(int8_model) if int8_model else None)
+    judge_in_engine(candidates, judge)
+    time_side_by_side(candidates, options.input_shape)
+    winner = choose(candidates, budget)
+    write_winner(winner, Path(output), inputs=io.model_files(source))
+    return {"candidates": [c.to_dict() for c in candidates], "chosen": winner.label, "engine": winner.engine,
+            "precision": winner.precision, "metric": judge.what, "not_compared": skipped}
