@@ -17,20 +17,19 @@ from .feeds import ORT_DTYPES as _ORT_DTYPES  # noqa: F401  (the names this modu
 from .feeds import as_numpy as _as_numpy  # noqa: F401
 from .feeds import pretty_shape as _pretty_shape
 from .feeds import validate_feeds
+from .backends.registry import REGISTRY as BACKEND_REGISTRY
 from .io import DEPLOYMENT_ENGINE_KEY, DEPLOYMENT_PRECISION_KEY
 from .ort_session import OPT_LEVELS as _OPT_LEVELS
 
 # "auto" tries these in order; ONNX Runtime assigns each node to the first provider that can run it.
-_PROVIDER_ALIASES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
+_PROVIDER_ALIASES = {name: entry.ort_provider for entry in BACKEND_REGISTRY.values() if entry.ort_provider
+                     for name in entry.engine_names}
+# "trt" meant ORT's TensorRT provider here while `--backend trt` is native TensorRT: kept one release, with a warning.
+_DEPRECATED_ALIASES = {"trt": "tensorrt"}
 # TensorRT is not in "auto": without an engine cache it builds its engines again at every session start
 # (minutes for a large model); it is used when asked for by name ("tensorrt"), with deploykit's cache.
 _AUTO_ORDER = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-_OPENVINO = ("openvino", "ov-cpu")  # not an ORT provider: OpenVINO's own runtime (deploykit.backends.openvino)
+_OPENVINO = BACKEND_REGISTRY["ov-cpu"].engine_names  # not an ORT provider: OpenVINO's own runtime (deploykit.backends.openvino)
 
 
 def _import_ort():
@@ -66,6 +65,13 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
         providers = [providers]
     resolved = []
     for p in providers:
+        if p.lower() in _DEPRECATED_ALIASES:
+            import warnings
+
+            warnings.warn(f"Engine(providers={p!r}) is deprecated: say {_DEPRECATED_ALIASES[p.lower()]!r} (ONNX Runtime's "
+                          "TensorRT provider; a native TensorRT engine is a built .plan file)", DeprecationWarning,
+                          stacklevel=3)
+            p = _DEPRECATED_ALIASES[p.lower()]
         full = _PROVIDER_ALIASES.get(p.lower(), p)
         if full not in available:
             pkg = ("onnxruntime-gpu in place of onnxruntime, and a CUDA GPU (pip uninstall -y onnxruntime && "

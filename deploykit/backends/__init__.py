@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 from ..errors import UserInputError
+from .registry import BACKENDS, BUILD_BACKENDS, REGISTRY, BackendEntry
 from .base import Backend, BuildOptions, BuildResult, Runner, cache_key
 
-__all__ = ["Backend", "BuildOptions", "BuildResult", "Runner", "cache_key", "get_backend", "BACKENDS"]
+__all__ = ["Backend", "BuildOptions", "BuildResult", "Runner", "cache_key", "get_backend", "BACKENDS", "BUILD_BACKENDS",
+           "REGISTRY", "BackendEntry", "describe_backends", "build"]
 
-BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "ov-cpu", "torch")
+
+
 
 
 def get_backend(name: str) -> Backend:
-    if name in ("ort-cpu", "ort-cuda", "ort-trt"):
-        from .ort import OrtBackend
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise UserInputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    import importlib
 
-        return OrtBackend(name)
-    if name == "trt":
-        from .trt import TrtBackend
+    factory = getattr(importlib.import_module(entry.module, __name__), entry.factory)
+    return factory(name, entry.ort_provider) if entry.ort_provider else factory()
 
-        return TrtBackend()
-    if name == "ov-cpu":
-        from .openvino import OpenVinoBackend
 
-        return OpenVinoBackend()
-    if name == "torch":
-        from .torch_backend import TorchBackend
-
-        return TorchBackend()
-    raise UserInputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+def describe_backends() -> list[dict]:
+    """One row per registered backend: name, what it is, whether build makes an artefact, Engine's names for it."""
+    return [{"name": e.name, "summary": e.summary, "builds": e.builds, "engine_names": list(e.engine_names)}
+            for e in REGISTRY.values()]
 
 
 def build(model, backend: str, output, options: BuildOptions | None = None) -> BuildResult:

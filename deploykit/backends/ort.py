@@ -18,13 +18,12 @@ from pathlib import Path
 from ..errors import BackendUnavailableError, UserInputError
 from .base import Backend, BuildOptions, BuildResult, Runner, cache_dir, cache_key, file_sha256
 
-_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-              "ort-trt": "TensorrtExecutionProvider"}
+
 
 class OrtBackend(Backend):
-    def __init__(self, name: str):
+    def __init__(self, name: str, provider: str):
         self.name = name
-        self.provider = _PROVIDERS[name]
+        self.provider = provider  # ONNX Runtime's execution provider (deploykit.backends.registry)
         self.device = "cpu" if name == "ort-cpu" else "cuda"
         self.needs = "" if name == "ort-cpu" else ("onnxruntime-gpu (in place of onnxruntime) and a CUDA GPU: "
                                                     "pip uninstall -y onnxruntime && pip install onnxruntime-gpu")

@@ -151,7 +151,6 @@ def test_profile_shapes_by_input_name(tmp_path, monkeypatch):
     from onnx import helper
 
     from conftest import make_model, tensor_info
-    from deploykit.backends.ort import OrtBackend
 
     monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path / "cache"))
     model = make_model([helper.make_node("Add", ["a", "b"], ["y"])],
@@ -159,9 +158,48 @@ def test_profile_shapes_by_input_name(tmp_path, monkeypatch):
     path = tmp_path / "two.onnx"
     onnx.save(model, str(path))
     named = BuildOptions(min_shape=(("a", (1, 4)), ("b", (1, 4))), max_shape=(("a", (16, 4)), ("b", (16, 4))))
-    opts = OrtBackend("ort-trt").provider_options(named, path)
+    opts = get_backend("ort-trt").provider_options(named, path)
     assert opts["trt_profile_min_shapes"] == "a:1x4,b:1x4"
     assert opts["trt_profile_opt_shapes"] == "a:1x4,b:1x4"  # opt falls back to min, as trtexec does
     assert opts["trt_profile_max_shapes"] == "a:16x4,b:16x4"
-    bare = OrtBackend("ort-trt").provider_options(BuildOptions(min_shape=(2, 4)), path)
+    bare = get_backend("ort-trt").provider_options(BuildOptions(min_shape=(2, 4)), path)
     assert bare["trt_profile_min_shapes"] == "a:2x4"  # a bare shape is the first input's
+
+
+def test_one_backend_registry_that_everything_reads():
+    """Every Backend class in deploykit/backends/ is registered; the CLI's --backend choices, `deploykit backends`
+    and Engine's provider names are read from the registry, not restated."""
+    import importlib
+    import pkgutil
+
+    import deploykit.backends as backends
+    from click.testing import CliRunner
+
+    from deploykit.backends import REGISTRY, Backend
+    from deploykit.cli import cli
+
+    classes = set()
+    for info in pkgutil.iter_modules(backends.__path__):
+        try:
+            module = importlib.import_module(f"deploykit.backends.{info.name}")
+        except ImportError:  # pragma: no cover - every backend module imports its heavy package lazily
+            continue
+        classes |= {v for v in vars(module).values()
+                    if isinstance(v, type) and issubclass(v, Backend) and v is not Backend}
+    registered = {getattr(importlib.import_module("deploykit.backends" + e.module), e.factory) for e in REGISTRY.values()}
+    assert classes and classes == registered
+    assert {name: type(get_backend(name)).__name__ for name in REGISTRY} == {n: e.factory for n, e in REGISTRY.items()}
+    assert get_backend("ort-cuda").provider == "CUDAExecutionProvider"
+    build_choices = cli.commands["build"].params[1].type.choices
+    assert list(build_choices) == [n for n, e in REGISTRY.items() if e.builds] and "torch" not in build_choices
+    listed = CliRunner().invoke(cli, ["backends", "--json"])
+    assert [r["name"] for r in json.loads(listed.output)] == list(REGISTRY)
+    assert Engine.__module__ == "deploykit.runtime"
+    from deploykit.runtime import resolve_providers
+
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    with pytest.warns(DeprecationWarning, match="say 'tensorrt'"):
+        try:
+            assert resolve_providers("trt") == ["TensorrtExecutionProvider"]
+        except BackendUnavailableError:  # no TensorRT provider on this machine: the warning still came first
+            pass
