@@ -466,13 +466,13 @@ cli.main(['export', 'digits', '-o', {str(out)!r}])
 
 def test_interruption_after_the_output_is_complete_says_so(tmp_path):
     from deploykit import io
-    from deploykit.cli import _interrupted_message
+    from deploykit.cli import interrupted_message
 
     io.WRITTEN.clear()
-    assert _interrupted_message(signal.SIGINT) == "error: interrupted by SIGINT; nothing was written"
+    assert interrupted_message(signal.SIGINT) == "error: interrupted by SIGINT; nothing was written"
     with io.atomic_path(tmp_path / "done.json") as tmp:
         tmp.write_text("{}")
-    message = _interrupted_message(signal.SIGINT)
+    message = interrupted_message(signal.SIGINT)
     io.WRITTEN.clear()
     assert "done.json was completely written" in message and "did not finish" in message
 

@@ -1,0 +1,1 @@
+"""One module per `deploykit` verb; deploykit.cli imports every module here."""

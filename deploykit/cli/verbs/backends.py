@@ -1,0 +1,24 @@
+"""`deploykit backends`: every engine deploykit builds for and runs, from the backend registry."""
+
+from __future__ import annotations
+
+import click
+
+from ..common import cli, echo_json, json_option
+
+
+@cli.command(name="backends")
+@json_option("the backends, one object each")
+def backends_cmd(as_json):
+    """List every backend: its --backend name, what it is, whether build makes an artefact, Engine's names for it."""
+    from ...backends import describe_backends
+
+    rows = describe_backends()
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        engine = (", ".join(f"providers={n!r}" for n in r["engine_names"]) or
+                  ("the built artefact's path" if r["builds"] else "not run by Engine"))
+        click.echo(f"{r['name']:<9} {'build+bench' if r['builds'] else 'bench only':<12} {r['summary']}  "
+                   f"[Engine: {engine}]")
