@@ -265,7 +265,7 @@ def test_measured_budgets_consider_one_by_one_layers(tmp_path, monkeypatch):
 
 
 def test_a_one_by_one_rank_is_taken_under_macs_only_where_its_time_pays():
-    from deploykit.passes.bottleneck import _Layer, _pays
+    from deploykit.passes.bottleneck.layers import Layer as _Layer, pays as _pays
 
     weight = np.zeros((256, 256, 1, 1), np.float32)
     layer = _Layer(node=None, weight=weight, in_hw=196, out_hw=196, t_full=1e-3)
