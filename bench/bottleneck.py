@@ -25,7 +25,7 @@ from _timing import interleaved_medians, machine_line, time_onnx  # noqa: E402
 
 from deploykit import export  # noqa: E402
 from deploykit.errors import DeploykitError  # noqa: E402
-from deploykit.inspect import inspect_model  # noqa: E402
+from deploykit.analysis import inspect_model  # noqa: E402
 from deploykit.optimize import optimize_model  # noqa: E402
 
 OUT = Path(__file__).parent / "BOTTLENECK.md"

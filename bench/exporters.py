@@ -24,9 +24,9 @@ from _timing import interleaved_medians, machine_line, time_onnx  # noqa: E402
 def export_variant(model_name, variant, path):
     import torch
 
-    from deploykit.zoo import load_model
+    from deploykit.zoo import load_zoo_model
 
-    loaded = load_model(model_name)
+    loaded = load_zoo_model(model_name)
     x = torch.randn(loaded.input_shape)
     start = time.perf_counter()
     with warnings.catch_warnings():

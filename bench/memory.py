@@ -53,7 +53,7 @@ def run_verb(args: list[str], env: dict) -> tuple[int, float, str]:
 
 
 def model_bytes(path: Path) -> int:
-    from deploykit.io import model_files
+    from deploykit.storage import model_files
 
     return sum(p.stat().st_size for p in model_files(path))
 
@@ -72,7 +72,7 @@ def main() -> int:
     ap.add_argument("--large", action="store_true", help="also a 2.3 GB model with external data")
     ap.add_argument("--out", default=str(HERE / "MEMORY.md"))
     args = ap.parse_args()
-    from deploykit.inspect import inspect_model
+    from deploykit.analysis import inspect_model
     from deploykit.machine import describe
 
     rows = []

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import interleaved_medians, machine_line, time_onnx  # noqa: E402
 
 from deploykit import export  # noqa: E402
-from deploykit.inspect import inspect_model  # noqa: E402
+from deploykit.analysis import inspect_model  # noqa: E402
 from deploykit.optimize import optimize_model  # noqa: E402
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 
 from deploykit import export  # noqa: E402
 from deploykit.bench import run_one  # noqa: E402
-from deploykit.inspect import inspect_model  # noqa: E402
+from deploykit.analysis import inspect_model  # noqa: E402
 from deploykit.machine import describe, precision_ceilings  # noqa: E402
 from deploykit.optimize import optimize_model  # noqa: E402
 from deploykit.stats import summarize  # noqa: E402

@@ -1,6 +1,6 @@
 """`deploykit bench`: throughput, latency and memory per model x backend x batch size.
 
-Each measurement runs in a fresh subprocess (deploykit._bench_worker). For every run it reports
+Each measurement runs in a fresh subprocess (deploykit.bench_worker). For every run it reports
 trtexec-style throughput and latency statistics (definitions in deploykit.stats), the warm-up time
 (session creation + first call), the artefact's size, the process's peak RSS above its baseline,
 the memory floor from `inspect` (weights + peak live activations x batch) next to it, and the
@@ -102,7 +102,7 @@ def resolve_target(spec: str, workdir: Path, input_shape=None) -> Target:
         return Target(spec, None, {"trt": str(path)}, given)
     if path.suffix == ".xml":  # OpenVINO IR from 'deploykit build --backend ov-cpu'
         return Target(spec, None, {"ov-cpu": str(path), "ov-cpu:bf16": str(path)}, given)
-    from .io import load_model
+    from .storage import load_model
 
     from .signature import read_signature
 
@@ -138,7 +138,7 @@ def _plain_shapes(input_shape):
 
 
 def _with_accounting(target: Target) -> Target:
-    from .inspect import inspect_model
+    from .analysis import inspect_model
 
     shape = target.input_shape
     first = (next(iter(shape.values()), None) if isinstance(shape, dict) else shape) or [1]
@@ -161,7 +161,7 @@ def _default_backends(target: Target) -> list[str]:
 
 
 def run_one(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "deploykit._bench_worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "deploykit.bench_worker", json.dumps(spec)],
                           capture_output=True, text=True)
     lines = [l for l in proc.stdout.strip().splitlines() if l.startswith("{")]
     if not lines:
@@ -177,6 +177,10 @@ def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: i
           duration: float | None = None, threads: int | None = None, lean_memory: bool = False,
           progress=None, measure_ceiling: bool = True, input_shape=None) -> BenchReport:
     """Measure every model x backend x batch; see the module docstring for what is reported."""
+    from .errors import UserInputError, option
+
+    if iterations is not None and duration is not None:
+        raise UserInputError(f"give one of {option('iterations')} and {option('duration')}, not both")
     from .backends import get_backend
     from .machine import describe, precision_ceilings
 
@@ -257,7 +261,7 @@ def _size(path: Path) -> int:
 
 def _external_weights(model: Path, workdir: Path) -> Path:
     """The model with its weights in a side file, which ORT maps instead of copying (lean memory)."""
-    from .io import load_model, save_model
+    from .storage import load_model, save_model
 
     out = workdir / f"{model.stem}.lean.onnx"
     if not out.exists():
@@ -354,7 +358,7 @@ def plot(report: BenchReport, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise BackendUnavailableError("--plot needs matplotlib: pip install 'deploykit[plot]'") from None
-    from .io import atomic_path
+    from .storage import atomic_path
 
     variants: dict[str, list[Result]] = {}
     for r in report.results:

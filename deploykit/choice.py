@@ -159,9 +159,9 @@ def time_side_by_side(candidates: list[Candidate], input_shape, rounds: int = 3,
 
 def write_winner(winner: Candidate, output: Path, inputs=()) -> None:
     """The winner at `output` with its engine and precision in the metadata Engine reads."""
-    from . import io
+    from . import storage
 
-    model = io.load_model(winner.path)
-    io.set_metadata(model, {io.DEPLOYMENT_ENGINE_KEY.removeprefix(io.METADATA_PREFIX): winner.engine,
-                            io.DEPLOYMENT_PRECISION_KEY.removeprefix(io.METADATA_PREFIX): winner.precision})
-    io.save_model(model, output, external_weights=io.has_external_data(winner.path), inputs=inputs)
+    model = storage.load_model(winner.path)
+    storage.set_metadata(model, {storage.DEPLOYMENT_ENGINE_KEY.removeprefix(storage.METADATA_PREFIX): winner.engine,
+                            storage.DEPLOYMENT_PRECISION_KEY.removeprefix(storage.METADATA_PREFIX): winner.precision})
+    storage.save_model(model, output, external_weights=storage.has_external_data(winner.path), inputs=inputs)

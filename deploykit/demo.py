@@ -66,9 +66,9 @@ def main(out_dir: str = "out") -> int:
 def _torch_digits_accuracy(x, y) -> float:
     import torch
 
-    from deploykit.zoo import load_model
+    from deploykit.zoo import load_zoo_model
 
-    module = load_model("digits").module
+    module = load_zoo_model("digits").module
     with torch.inference_mode():
         pred = module(torch.from_numpy(x)).argmax(1).numpy()
     return float((pred == y).mean())

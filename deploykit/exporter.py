@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from . import io
+from . import storage
 from ._version import __version__
 from .errors import DeploykitError, UserInputError, VerificationError
 from .shapes import format_shape
 from .signature import RECORDED_KEY, format_recorded
 from .verify import Deviation, compare, run_onnx_cpu, worst
-from .zoo import load_model, require_torch
+from .zoo import load_zoo_model, require_torch
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
@@ -112,13 +112,13 @@ def export(model: str | object, output: str | Path, *, weights: str | None = Non
         raise UserInputError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
     sources = [] if not isinstance(model, str) else [model.rpartition(":")[0] if ".py:" in model else model]
     sources += [weights] if weights else []
-    out = io.check_output_path(output, [s for s in sources if s and Path(s).exists()])
+    out = storage.check_output_path(output, [s for s in sources if s and Path(s).exists()])
     if isinstance(model, torch.nn.Module):
         from .zoo import _eval
 
         module, source, default_shape = _eval(model), type(model).__name__, None
     else:
-        loaded = load_model(str(model), weights)
+        loaded = load_zoo_model(str(model), weights)
         module, source, default_shape = loaded.module, loaded.source, loaded.input_shape
     is_pt2 = str(source).endswith(".pt2")
     if is_pt2 and exporter == "torchscript":
@@ -154,10 +154,10 @@ def export(model: str | object, output: str | Path, *, weights: str | None = Non
                 dynamic_axes[name] = axes
 
     start = time.perf_counter()
-    with io.atomic_path(out) as tmp:
+    with storage.atomic_path(out) as tmp:
         _run_exporter(torch, module, examples, tmp, output_names, dynamic_axes, opset, exporter)
         seconds = time.perf_counter() - start
-        proto = io.load_model(tmp)  # loaded once: tidied and saved here, stamped with provenance below
+        proto = storage.load_model(tmp)  # loaded once: tidied and saved here, stamped with provenance below
         written_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
         if _inline_initializer_identities(proto):
             onnx.save_model(proto, str(tmp))
@@ -176,7 +176,7 @@ def export(model: str | object, output: str | Path, *, weights: str | None = Non
                 f"{worst(bad.deviations).describe()} exceeds tolerance {tolerance:g}; nothing was written"
             )
         first = next(iter(shapes.values()))
-        io.set_metadata(proto, {
+        storage.set_metadata(proto, {
             "source": source, "input_shape": ",".join(map(str, first)),
             RECORDED_KEY: format_recorded(shapes), "version": __version__,
             "exporter": exporter, "parity_max_abs": f"{result.max_abs:.3e}",
@@ -267,7 +267,7 @@ def _run_exporter(torch, module, examples, path, output_names, dynamic_axes, ops
     except DeploykitError:
         raise
     except OSError as exc:
-        from .io import storage_error
+        from .storage import storage_error
 
         if storage_error(exc) is not None:
             raise storage_error(exc) from exc  # a full disk is not the exporter's fault: another one cannot help

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import storage
 from .errors import BudgetNotHeld, UserInputError, VerificationError, option  # noqa: F401  (BudgetNotHeld: its old home)
 from .options import DEFAULT_TOLERANCE  # noqa: F401  (their old home)
 from .verify import compare, cpu_session, worst
@@ -127,7 +127,7 @@ class _Evaluator:
 
 def _stats(model, shapes):
     """(nodes, parameters, MACs) of a ModelProto or a staged model file (read without its weights)."""
-    from .inspect import inspect_model
+    from .analysis import inspect_model
 
     report = inspect_model(model, shapes, weights=False) if isinstance(model, (str, Path)) else \
         inspect_model(model, shapes)
@@ -139,7 +139,7 @@ def _staged(model):
     """`model` (onnx_ir) saved to a private temporary folder, weights over 1 KiB in a side file; yields the path."""
     import onnx_ir as ir
 
-    with io.temporary(Path(tempfile.mkdtemp(prefix="deploykit-stage-"))) as folder:
+    with storage.temporary(Path(tempfile.mkdtemp(prefix="deploykit-stage-"))) as folder:
         path = folder / "model.onnx"
         ir.save(model, path, external_data="model.onnx.data", size_threshold_bytes=1024)
         yield str(path)
@@ -164,15 +164,15 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
     """
     import onnx_ir as ir
 
-    inputs = io.model_files(model_path) + [Path(d) for d in (validate, calibration)
+    inputs = storage.model_files(model_path) + [Path(d) for d in (validate, calibration)
                                            if isinstance(d, (str, Path)) and Path(d).is_file()]
     if output_path is not None:
-        io.check_output_path(output_path, inputs)
+        storage.check_output_path(output_path, inputs)
     # The graph without its external weights: a large model's weights stay on disk, mapped by onnx_ir
     # below and read by ONNX Runtime from the file, never copied into a protobuf.
-    from .inspect import _weightless_copy
+    from .analysis import weightless_copy
 
-    proto = _weightless_copy(io.load_model(model_path, load_weights=False))
+    proto = weightless_copy(storage.load_model(model_path, load_weights=False))
     shapes = resolve_input_shapes(proto, input_shape)
     outline = ir.from_proto(proto)  # op types, no weights: enough for the passes' preconditions
     for p in passes:
@@ -227,7 +227,7 @@ def run_pipeline(model_path, passes, output_path=None, *, input_shape=None, tole
         raise BudgetNotHeld(refusal, report)
     if output_path is not None:
         del evaluator  # the reference outputs are no longer needed
-        io.save_ir_model(model, output_path, inputs=inputs, metadata={
+        storage.save_ir_model(model, output_path, inputs=inputs, metadata={
             "passes": ",".join(p.name for p in passes),
             "optimize_max_rel": f"{max((r.max_rel for r in report.passes), default=0.0):.3e}"})
     return report
@@ -288,7 +288,7 @@ def _load_calibration_once(model_path, options):
         return options
     from .calibration import load_calibration
 
-    proto = io.load_model(model_path, load_weights=False)
+    proto = storage.load_model(model_path, load_weights=False)
     shapes = resolve_input_shapes(proto, options.input_shape)
     if len(shapes) > 1:
         # The calibration set is one array (see deploykit.calibration): refused here, in one line, before

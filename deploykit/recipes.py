@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import io
+from . import storage
 from .errors import BudgetNotHeld, UnreachableBudget, UserInputError, VerificationError, option
 from .pipeline import OptimizeReport, run_options, total_drop, whole_result_within
 from .options import DEFAULT_ACCURACY_DROP, RECIPES, OptimizeOptions  # noqa: F401  (RECIPES: the recipes here)
@@ -68,7 +68,7 @@ def choose_deployment(source, int8_model, output, options: OptimizeOptions, budg
     from .signature import read_signature
     from .validation import AccuracyJudge, load_validation
 
-    proto = io.load_model(source, load_weights=False)
+    proto = storage.load_model(source, load_weights=False)
     signature = read_signature(proto)
     shapes = signature.resolve(options.input_shape)
     validation = load_validation(options.validate, signature, shapes, calibration=options.calibration)
@@ -81,6 +81,6 @@ def choose_deployment(source, int8_model, output, options: OptimizeOptions, budg
     judge_in_engine(candidates, judge)
     time_side_by_side(candidates, options.input_shape)
     winner = choose(candidates, budget)
-    write_winner(winner, Path(output), inputs=io.model_files(source))
+    write_winner(winner, Path(output), inputs=storage.model_files(source))
     return {"candidates": [c.to_dict() for c in candidates], "chosen": winner.label, "engine": winner.engine,
             "precision": winner.precision, "metric": judge.what, "not_compared": skipped}

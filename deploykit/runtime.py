@@ -18,7 +18,7 @@ from .feeds import as_numpy as _as_numpy  # noqa: F401
 from .feeds import pretty_shape as _pretty_shape
 from .feeds import validate_feeds
 from .backends.registry import REGISTRY as BACKEND_REGISTRY
-from .io import DEPLOYMENT_ENGINE_KEY, DEPLOYMENT_PRECISION_KEY
+from .storage import DEPLOYMENT_ENGINE_KEY, DEPLOYMENT_PRECISION_KEY
 from .ort_session import OPT_LEVELS as _OPT_LEVELS
 
 # "auto" tries these in order; ONNX Runtime assigns each node to the first provider that can run it.
@@ -112,6 +112,18 @@ class Engine:
             raise UserInputError("precision= applies to OpenVINO (providers='openvino' or a built .xml): ONNX Runtime "
                                  "runs the model in the precision its graph has")
         if path.suffix == ".plan" or openvino:
+            ignored = [name for name, value in (("session_options", session_options),
+                                                ("graph_optimization_level", graph_optimization_level),
+                                                ("inter_op_threads", inter_op_threads),
+                                                ("provider_options", provider_options),
+                                                ("lean_memory", lean_memory or None)) if value is not None]
+            if path.suffix == ".plan" and intra_op_threads is not None:
+                ignored.append("intra_op_threads")
+            if ignored:
+                runner = "TensorRT" if path.suffix == ".plan" else "OpenVINO"
+                raise UserInputError(f"{', '.join(ignored)} configure ONNX Runtime sessions and {runner} runs "
+                                     f"{path.name}: drop them" + ("" if path.suffix == ".plan" else
+                                                                   " (intra_op_threads and precision apply)"))
             if path.suffix == ".plan":
                 # A TensorRT plan: the native TensorRT runner, behind the same validated interface.
                 from .backends.trt import TrtRunner
@@ -151,10 +163,10 @@ class Engine:
             else:
                 self._session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
         except Exception as exc:
-            from . import io
+            from . import storage
             from .ort_session import runtime_refusal
 
-            io.load_model(path)  # raises the one-line "not an ONNX model" / "weights missing" error
+            storage.load_model(path)  # raises the one-line "not an ONNX model" / "weights missing" error
             raise runtime_refusal(path, exc) from exc
         metadata = self._session.get_modelmeta().custom_metadata_map
         if follow_recorded and metadata.get(DEPLOYMENT_ENGINE_KEY) == "ov-cpu":

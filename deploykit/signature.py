@@ -176,15 +176,15 @@ def _dims(value_info) -> tuple[Dim, ...] | None:
 
 def read_signature(proto) -> Signature:
     """The signature of an onnx.ModelProto (weights not needed)."""
-    from . import io
+    from . import storage
 
     def spec(value_info):
         return TensorSpec(value_info.name, value_info.type.tensor_type.elem_type, _dims(value_info),
                           value_info.type.WhichOneof("value"))
 
-    inputs = tuple(spec(i) for i in io.graph_inputs(proto))
+    inputs = tuple(spec(i) for i in storage.graph_inputs(proto))
     outputs = tuple(spec(o) for o in proto.graph.output)
-    return Signature(inputs, outputs, recorded_shapes(io.get_metadata(proto), [i.name for i in inputs]))
+    return Signature(inputs, outputs, recorded_shapes(storage.get_metadata(proto), [i.name for i in inputs]))
 
 
 def recorded_shapes(metadata: Mapping[str, str], names: Sequence[str]) -> dict[str, tuple[int, ...]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import storage
 from .errors import UserInputError
 
 
@@ -43,7 +43,7 @@ def sliding_model(model_path) -> SlidingModel:
     from .passes import CleanupPass, FoldBatchNormPass
     from .passes.fc_to_conv import META_PADDED, META_STRIDE, META_WINDOW, FcToConvPass
 
-    proto = io.load_model(model_path)
+    proto = storage.load_model(model_path)
     props = {p.key: p.value for p in proto.metadata_props}
     if META_STRIDE not in props:
         model = ir.from_proto(proto)
@@ -110,7 +110,7 @@ def crop_session(model):
     """An ONNX Runtime CPU session for a model path or ModelProto (the path checked for a readable model)."""
     from .verify import cpu_session
 
-    return cpu_session(io.load_model(model) if isinstance(model, (str, Path)) else model)
+    return cpu_session(storage.load_model(model) if isinstance(model, (str, Path)) else model)
 
 
 def evaluate_crops(original_model, image: np.ndarray, window: tuple[int, int], stride: int,
@@ -186,7 +186,7 @@ def slide_image(model, *, image=None, image_size: int | None = None, stride: int
         raise UserInputError("give exactly one of --image FILE.npy and --image-size N")
     original = None
     if check:
-        original = io.load_model(model) if isinstance(model, (str, Path)) else None
+        original = storage.load_model(model) if isinstance(model, (str, Path)) else None
         if original is None or any(p.key.startswith("deploykit.fc_to_conv") for p in original.metadata_props):
             raise UserInputError("--check needs the original (unconverted) model, to evaluate its crops")
     sm = sliding_model(model)

@@ -24,16 +24,18 @@ from typing import Callable
 
 
 def latencies(run: Callable[[], object], *, warmup: int = 3, runs: int = 3, seconds: float = 0.0,
-              after: Callable[[], object] | None = None) -> list[float]:
+              after: Callable[[], object] | None = None,
+              clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Seconds of each timed call of `run`, after `warmup` untimed ones: at least `runs` calls, and
-    more until `seconds` have passed. `after` runs after each timed call, outside the timing."""
+    more until `seconds` have passed. `after` runs after each timed call, outside the timing. `clock`
+    (seconds, monotonic) is injectable so that the loop's logic can be tested without a timer."""
     for _ in range(warmup):
         run()
-    times, start = [], time.perf_counter()
-    while len(times) < runs or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
+    times, start = [], clock()
+    while len(times) < runs or clock() - start < seconds:
+        t = clock()
         run()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
         if after is not None:
             after()
     return times

@@ -37,7 +37,7 @@ class LoadedModel:
     input_shape: tuple[int, ...] | None  # the default, when the source records one
 
 
-def load_model(spec: str, weights: str | None = None) -> LoadedModel:
+def load_zoo_model(spec: str, weights: str | None = None) -> LoadedModel:
     """MODEL -> nn.Module in eval mode. Zoo names resolve to their file:factory and committed weights."""
     zoo = zoo_entries()
     if spec in zoo:

@@ -41,7 +41,7 @@ def import_graph(package: Path) -> dict[str, set[str]]:
                 base = here[:len(here) - node.level + 1] if node.level else []
                 module = ".".join(base + ([node.module] if node.module else []))
                 submodules = [f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in modules]
-                # "from . import io" reads the submodule io, not the package's __init__
+                # "from . import storage" reads the submodule io, not the package's __init__
                 targets = submodules if len(submodules) == len(node.names) else [module, *submodules]
             else:
                 continue
@@ -129,7 +129,7 @@ def test_the_check_finds_a_circle_hidden_inside_a_function(tmp_path):
 def test_low_layers_import_nothing_above_them():
     """The leaves (errors, model I/O, signature, feeds, ORT sessions, machine facts, timing, memory) import only
     each other: anything they need from above would start a circle the day that module imports them."""
-    leaves = {f"deploykit.{m}" for m in ("errors", "io", "signature", "feeds", "ort_session", "machine", "timing",
+    leaves = {f"deploykit.{m}" for m in ("errors", "storage", "signature", "feeds", "ort_session", "machine", "timing",
                                         "memory", "shapes", "stats", "_version", "backends.registry")}
     graph = import_graph(PACKAGE)
     for leaf in leaves & set(graph):
@@ -149,3 +149,15 @@ def test_the_public_api_names_every_verb_and_error():
             "assert set(errors) <= set(deploykit.__all__), set(errors) - set(deploykit.__all__)\n"
             "import sys; assert 'torch' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tests_use_public_names_only():
+    """Tests import what a user can: no private module or name of deploykit (a restructure moves those freely)."""
+    found = []
+    for file in (PACKAGE.parent / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "deploykit":
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private or any(part.startswith("_") for part in node.module.split(".")):
+                    found.append(f"{file.name}:{node.lineno} {node.module} {private}")
+    assert found == []

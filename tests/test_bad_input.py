@@ -447,15 +447,15 @@ def test_a_signal_python_cannot_raise_still_stops_the_command(tmp_path):
     # renamed (atomic_path asks for the umask then), which is where CI's SIGTERM landed.
     script = f"""
 import signal, weakref
-from deploykit import cli, io
-umask = io._current_umask
+from deploykit import cli, storage
+umask = storage.current_umask
 def umask_then_signal():
     class Token: pass
     token = Token()
     ref = weakref.ref(token, lambda _: signal.raise_signal(signal.SIGTERM))
     del token
     return umask()
-io._current_umask = umask_then_signal
+storage.current_umask = umask_then_signal
 cli.main(['export', 'digits', '-o', {str(out)!r}])
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -465,15 +465,15 @@ cli.main(['export', 'digits', '-o', {str(out)!r}])
 
 
 def test_interruption_after_the_output_is_complete_says_so(tmp_path):
-    from deploykit import io
+    from deploykit import storage
     from deploykit.cli import interrupted_message
 
-    io.WRITTEN.clear()
+    storage.WRITTEN.clear()
     assert interrupted_message(signal.SIGINT) == "error: interrupted by SIGINT; nothing was written"
-    with io.atomic_path(tmp_path / "done.json") as tmp:
+    with storage.atomic_path(tmp_path / "done.json") as tmp:
         tmp.write_text("{}")
     message = interrupted_message(signal.SIGINT)
-    io.WRITTEN.clear()
+    storage.WRITTEN.clear()
     assert "done.json was completely written" in message and "did not finish" in message
 
 

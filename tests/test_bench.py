@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from deploykit._bench_worker import peak_rss
+from deploykit.bench_worker import peak_rss
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_each_measurement_runs_in_its_own_process():
         export("digits", path)
         spec = {"artefact": path, "backend": "ort-cpu", "batch": 2, "warmup": 1, "iterations": 5,
                 "input_shape": [1, 1, 8, 8]}
-        out = subprocess.run([sys.executable, "-m", "deploykit._bench_worker", json.dumps(spec)],
+        out = subprocess.run([sys.executable, "-m", "deploykit.bench_worker", json.dumps(spec)],
                              capture_output=True, text=True, check=True).stdout
     result = json.loads(out)
     assert result["peak_rss_bytes"] < 300 * 2**20
@@ -172,3 +172,13 @@ def test_bench_keeps_a_recurrent_state_at_its_fixed_size(tmp_path):
 
     report = bench([str(path)], ["ort-cpu"], [1, 4], warmup=1, iterations=3, measure_ceiling=False)
     assert [r.batch for r in report.results] == [1, 4]
+
+
+def test_the_api_refuses_iterations_with_duration_as_the_cli_does():
+    """The exclusivity lives in deploykit.benchmark, not only in the command: a Python caller is refused too,
+    in its own words, before anything is measured."""
+    import deploykit
+    from deploykit import UserInputError
+
+    with pytest.raises(UserInputError, match="^give one of iterations and duration, not both"):
+        deploykit.benchmark(["never-read.onnx"], iterations=2, duration=1.0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from deploykit import Engine, VerificationError, export
-from deploykit.io import get_metadata
-from deploykit.zoo import load_model
+from deploykit.storage import get_metadata
+from deploykit.zoo import load_zoo_model
 from deploykit_zoo import ZOO
 
 # The big ones at a smaller spatial size where the architecture allows (a global average pool
@@ -17,7 +17,7 @@ SHAPES = {name: ((1, 3, e.min_spatial * 2, e.min_spatial * 2) if e.min_spatial e
 
 def _torch(name, x):
     with torch.inference_mode():
-        return load_model(name).module(torch.from_numpy(x)).numpy()
+        return load_zoo_model(name).module(torch.from_numpy(x)).numpy()
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -91,7 +91,7 @@ def test_user_file_with_weights_and_required_shape(tmp_path):
         "def build():\n"
         "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4*6*6, 5))\n"
     )
-    reference = load_model(f"{src}:build").module
+    reference = load_zoo_model(f"{src}:build").module
     weights = tmp_path / "w.pt"
     torch.save(reference.state_dict(), weights)
     out = tmp_path / "net.onnx"
@@ -103,7 +103,7 @@ def test_user_file_with_weights_and_required_shape(tmp_path):
 
 
 def test_torchscript_and_torch_export_archives(tmp_path):
-    net = load_model("lenet5").module
+    net = load_zoo_model("lenet5").module
     x = torch.randn(1, 1, 32, 32)
     ts = tmp_path / "lenet.pt"
     torch.jit.trace(net, x).save(str(ts))

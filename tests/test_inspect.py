@@ -9,8 +9,8 @@ import pytest
 from onnx import helper
 
 from conftest import DATA, make_model, tensor_info
-from deploykit.inspect import inspect_model
-from deploykit.zoo import count_macs, load_model
+from deploykit.analysis import inspect_model
+from deploykit.zoo import count_macs, load_zoo_model
 
 ROW = re.compile(r"^\s*([A-Z0-9-]+): \[(\d+)x(\d+)x(\d+)\]\s+memory:\s+([\d*]+)\S*\s+weights:\s+([^=]+)")
 
@@ -76,7 +76,7 @@ def test_vgg16_totals_and_the_notes_slip(vgg_report):
 def test_macs_agree_with_pytorch_hooks(exported, name, shape):
     path, result = exported(name, shape)
     report = inspect_model(path)
-    assert report.totals.macs == count_macs(load_model(name).module, result.input_shape)
+    assert report.totals.macs == count_macs(load_zoo_model(name).module, result.input_shape)
 
 
 def _chain(spatial=16):
@@ -174,6 +174,6 @@ def test_dynamic_model_uses_given_or_recorded_shape(exported):
     assert recorded.input_shapes["input"] == [1, 3, 64, 64]
     bigger = inspect_model(path, (4, 3, 64, 64))
     assert bigger.input_shapes["input"] == [4, 3, 64, 64]
-    assert bigger.totals.macs == count_macs(load_model("resnet18").module, (4, 3, 64, 64))
+    assert bigger.totals.macs == count_macs(load_zoo_model("resnet18").module, (4, 3, 64, 64))
     assert bigger.totals.peak_activation_bytes == 4 * recorded.totals.peak_activation_bytes
     assert bigger.totals.params == recorded.totals.params

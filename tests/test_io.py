@@ -6,7 +6,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 from deploykit import Engine
-from deploykit.io import save_ir_model
+from deploykit.storage import save_ir_model
 
 
 def test_streamed_file_holds_every_tensor_bit_for_bit(tmp_path):

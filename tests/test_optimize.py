@@ -75,7 +75,7 @@ class _Sabotage(GraphPass):
     name = "sabotage"
 
     def rewrite(self, model):
-        from deploykit.passes._graph import const
+        from deploykit.passes.graph_tools import const
 
         for value in model.graph.initializers.values():
             array = const(value)

@@ -17,7 +17,7 @@ import torch
 
 from deploykit import Engine, UserInputError, export, inspect_model
 from deploykit.optimize import optimize_model
-from deploykit.zoo import count_macs, load_model
+from deploykit.zoo import count_macs, load_zoo_model
 
 BLOCKS = Path(__file__).parent / "models" / "blocks.py"
 SINGLE_INPUT = ["mobilenet_like", "shufflenet_like", "convnext_like", "vit_like"]
@@ -25,7 +25,7 @@ SHAPE = (1, 3, 32, 32)
 
 
 def _torch_outputs(name, x):
-    module = load_model(f"{BLOCKS}:{name}").module
+    module = load_zoo_model(f"{BLOCKS}:{name}").module
     with torch.inference_mode():
         return module(torch.from_numpy(x)).numpy()
 
@@ -50,7 +50,7 @@ def test_inspect_works_on_graphs_that_compute_shapes(corpus, name):
     _, paths, _, _ = corpus
     report = inspect_model(paths[name])
     assert report.layers and report.totals.peak_activation_bytes > 0
-    module = load_model(f"{BLOCKS}:{name}").module
+    module = load_zoo_model(f"{BLOCKS}:{name}").module
     if name != "vit_like":  # attention's MatMuls are MACs the Conv/Linear hooks do not see
         assert report.totals.macs == count_macs(module, SHAPE)
     # BatchNorm folded at export: the graph has the torch parameters less BN's four vectors per layer.
@@ -166,7 +166,7 @@ def test_two_input_model_through_every_verb(cli, tmp_path):
     engine = Engine(opt)
     rng = np.random.default_rng(6)
     image, meta = rng.standard_normal((3, 3, 32, 32)).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)
-    module = load_model(f"{BLOCKS}:two_inputs").module
+    module = load_zoo_model(f"{BLOCKS}:two_inputs").module
     with torch.inference_mode():
         reference = module(torch.from_numpy(image), torch.from_numpy(meta)).numpy()
     np.testing.assert_allclose(engine({"image": image, "meta": meta}), reference, rtol=1e-4, atol=1e-5)

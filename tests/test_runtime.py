@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from deploykit import BackendUnavailableError, Engine, ShapeMismatchError, UserInputError
-from deploykit.runtime import _as_numpy, resolve_providers
+from deploykit.feeds import as_numpy as _as_numpy
+from deploykit.runtime import resolve_providers
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +104,9 @@ def test_importing_engine_does_not_import_torch():
 
 def test_public_functions_survive_submodule_imports():
     """`from deploykit import export` must be the function even after every submodule was imported."""
-    code = ("import deploykit.cli, deploykit.exporter, deploykit.inspect, deploykit.optimize, deploykit.zoo\n"
-            "from deploykit import export, inspect_model, optimize_model, load_model\n"
-            "assert all(callable(f) for f in (export, inspect_model, optimize_model, load_model))")
+    code = ("import deploykit.cli, deploykit.exporter, deploykit.analysis, deploykit.optimize, deploykit.zoo\n"
+            "from deploykit import export, inspect_model, optimize_model, load_zoo_model\n"
+            "assert all(callable(f) for f in (export, inspect_model, optimize_model, load_zoo_model))")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -133,3 +134,37 @@ def test_out_of_range_indices_are_a_value_error_and_print_nothing(tmp_path, capf
     assert not isinstance(info.value, ShapeMismatchError)
     assert capfd.readouterr().err == ""
     np.testing.assert_array_equal(engine(np.array([[0, 4, 2]], np.int64)), np.ones((1, 3, 4), np.float32))
+
+
+def test_renamed_names_still_work_for_one_release_with_a_warning():
+    """deploykit.io, deploykit.inspect (they read like the standard library's) and deploykit.load_model (a zoo
+    model, not an ONNX file) were renamed; the old names load the new objects and say so."""
+    code = ("import warnings; warnings.simplefilter('error')\n"
+            "import deploykit, deploykit.storage, deploykit.analysis\n"
+            "for old, new in (('deploykit.io', deploykit.storage), ('deploykit.inspect', deploykit.analysis)):\n"
+            "    try:\n"
+            "        __import__(old)\n"
+            "    except DeprecationWarning as w:\n"
+            "        assert new.__name__ in str(w), w\n"
+            "    else:\n"
+            "        raise AssertionError(old + ' gave no warning')\n"
+            "warnings.simplefilter('ignore')\n"
+            "import deploykit.io as io_alias; from deploykit.inspect import inspect_model\n"
+            "assert io_alias is deploykit.storage and inspect_model is deploykit.analysis.inspect_model\n"
+            "assert deploykit.load_model is deploykit.load_zoo_model\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_engine_refuses_session_settings_an_openvino_run_would_ignore(tmp_path):
+    """Session options configure ONNX Runtime; for a model OpenVINO runs they used to be dropped in silence."""
+    pytest.importorskip("openvino")
+    from deploykit import export
+
+    path = tmp_path / "digits.onnx"
+    export("digits", path)
+    with pytest.raises(UserInputError, match="^lean_memory configure ONNX Runtime sessions and OpenVINO runs"):
+        Engine(path, providers="openvino", lean_memory=True)
+    with pytest.raises(UserInputError, match="graph_optimization_level"):
+        Engine(path, providers="openvino", graph_optimization_level="basic")
+    with Engine(path, providers="openvino", intra_op_threads=1) as engine:  # what does apply still works
+        assert engine(np.zeros((1, 1, 8, 8), np.float32)).shape == (1, 10)

@@ -18,18 +18,42 @@ def test_warmup_calls_are_not_timed_and_the_count_is_kept():
     assert len(calls) == 11
 
 
+class FakeClock:
+    """A clock that moves only when told: the loop's logic, tested without timing anything."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
 def test_runs_continue_until_the_duration_has_passed():
-    times = latencies(lambda: time.sleep(0.01), warmup=0, runs=1, seconds=0.1)
-    assert all(t >= 0.01 for t in times)  # sleep never returns early
-    assert sum(times) >= 0.1 - 0.011  # the last run starts before the deadline
-    assert len(times) >= 5
+    clock = FakeClock()
+    times = latencies(lambda: clock.advance(0.125), warmup=2, runs=1, seconds=1.0, clock=clock)  # exact binary steps
+    assert times == [0.125] * 8  # the run that reaches 1 s is the last
+    assert clock.now == 1.25  # and the two warm-up runs were not timed
 
 
 def test_what_runs_after_each_call_is_outside_the_timing():
-    after_calls = []
-    times = latencies(lambda: None, warmup=0, runs=3, after=lambda: (after_calls.append(1), time.sleep(0.05)))
+    clock, after_calls = FakeClock(), []
+    times = latencies(lambda: clock.advance(0.002), warmup=0, runs=3, clock=clock,
+                      after=lambda: (after_calls.append(1), clock.advance(0.05)))
     assert len(after_calls) == 3
-    assert max(times) < 0.05
+    assert times == pytest.approx([0.002] * 3)
+    # ... and with seconds= the time spent in `after` still counts towards the duration.
+    clock = FakeClock()
+    assert latencies(lambda: clock.advance(0.125), warmup=0, runs=1, seconds=1.0, clock=clock,
+                     after=lambda: clock.advance(0.375)) == [0.125, 0.125]
+
+
+def test_real_timing_smoke():
+    """One run on the real clock: sleep never returns early, and the loop stops once the duration has passed."""
+    times = latencies(lambda: time.sleep(0.01), warmup=0, runs=1, seconds=0.05)
+    assert all(t >= 0.01 for t in times) and len(times) >= 2
 
 
 def test_variants_take_turns_round_by_round():

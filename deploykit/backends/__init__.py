@@ -33,12 +33,12 @@ def build(model, backend: str, output, options: BuildOptions | None = None) -> B
     """`deploykit build` as a function: check the model and the output path, then build (or reuse) the artefact."""
     from pathlib import Path
 
-    from .. import io
+    from .. import storage
 
-    io.load_model(model, load_weights=False)
-    inputs = io.model_files(model)
+    storage.load_model(model, load_weights=False)
+    inputs = storage.model_files(model)
     for path in (output, str(output) + ".json", str(output) + ".data", Path(output).with_suffix(".bin")):
-        io.check_output_path(path, inputs)
+        storage.check_output_path(path, inputs)
     chosen = get_backend(backend)
     if options is not None and options.bf16 and backend != "ov-cpu":
         raise UserInputError(f"--bf16 is OpenVINO's CPU precision: build with --backend ov-cpu, not {backend}")

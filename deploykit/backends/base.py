@@ -168,7 +168,7 @@ class Backend:
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     """Digest of a model's bytes, its external data files' included: new weights are a new model."""
-    from ..io import model_files
+    from ..storage import model_files
 
     digest = hashlib.sha256()
     for part in model_files(path):

@@ -63,9 +63,9 @@ def _check_readable(path: Path) -> None:
         return
     foreign = sorted({f"{domain}.{op}" for domain, op in _onnx_ops(path) if domain not in ("", "ai.onnx")})
     if foreign:
-        from .. import io
+        from .. import storage
 
-        written_by_deploykit = "passes" in io.get_metadata(io.load_model(path, load_weights=False))
+        written_by_deploykit = "passes" in storage.get_metadata(storage.load_model(path, load_weights=False))
         fix = ("optimize the model it came from again with --target openvino (or --no-fuse) for ov-cpu"
                if written_by_deploykit else
                "they came with the model, and no optimize option removes them: run it with ort-cpu, or export it "
@@ -119,7 +119,7 @@ class OpenVinoBackend(Backend):
     def build(self, model: Path, output: Path, options: BuildOptions) -> BuildResult:
         self.check_available()
         ov = import_openvino()
-        from .. import io
+        from .. import storage
 
         if output.suffix != ".xml":
             raise UserInputError(f"ov-cpu writes OpenVINO IR: name the output MODEL.xml (got {output.name})")
@@ -136,14 +136,14 @@ class OpenVinoBackend(Backend):
             _save_ir(ov, read, cached)
             _compile(ov.Core(), cached, precision, None)  # proves it compiles on this machine before it is used
         bin_out = output.with_suffix(".bin")
-        io.check_output_path(bin_out, io.model_files(model))
-        with io.atomic_path(bin_out) as tmp:
+        storage.check_output_path(bin_out, storage.model_files(model))
+        with storage.atomic_path(bin_out) as tmp:
             shutil.copyfile(cached.with_suffix(".bin"), tmp)
-        with io.atomic_path(output) as tmp:  # the .xml last: a reader never sees it without its weights
+        with storage.atomic_path(output) as tmp:  # the .xml last: a reader never sees it without its weights
             shutil.copyfile(cached, tmp)
         sidecar = {"backend": self.name, "precision": precision, "options": options.to_dict(),
                    "environment": self.environment(), "key": key}
-        with io.atomic_path(Path(str(output) + ".json")) as tmp:
+        with storage.atomic_path(Path(str(output) + ".json")) as tmp:
             tmp.write_text(json.dumps(sidecar, indent=2, default=list) + "\n")
         size = output.stat().st_size + bin_out.stat().st_size
         return BuildResult(self.name, output, time.perf_counter() - start, size, hit, key,
@@ -182,14 +182,14 @@ def recorded_precision(xml: Path) -> str:
 
 def _save_ir(ov, model, xml: Path) -> None:
     """IR pair written beside `xml` atomically (.bin first), weights kept in their own precision."""
-    from .. import io
+    from .. import storage
 
     staging = xml.parent / f".{xml.stem}.staging"
     staging.mkdir(exist_ok=True)
     try:
         ov.save_model(model, str(staging / xml.name), compress_to_fp16=False)
         for suffix in (".bin", ".xml"):
-            with io.atomic_path(xml.with_suffix(suffix)) as tmp:
+            with storage.atomic_path(xml.with_suffix(suffix)) as tmp:
                 shutil.copyfile((staging / xml.name).with_suffix(suffix), tmp)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -84,17 +84,17 @@ class OrtBackend(Backend):
         self.check_available()
         import onnxruntime as ort
 
-        from .. import io
+        from .. import storage
 
         start = time.perf_counter()
         key = cache_key(file_sha256(model), self.name, options, self.environment())
         cached = cache_dir() / "artefacts" / f"{key}.onnx"
         hit = cached.exists()
-        external = io.has_external_data(model)
+        external = storage.has_external_data(model)
         if not hit:
             cached.parent.mkdir(parents=True, exist_ok=True)
             if self.name == "ort-cpu":
-                with io.atomic_path(cached) as tmp:
+                with storage.atomic_path(cached) as tmp:
                     so = ort.SessionOptions()
                     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
                     so.optimized_model_filepath = str(tmp)
@@ -107,20 +107,20 @@ class OrtBackend(Backend):
                                                     "1024")
                     _create_session(ort, model, so, ["CPUExecutionProvider"])
             else:
-                io.copy_model(model, cached)
+                storage.copy_model(model, cached)
                 # Creating the session builds (and caches) the TensorRT / CUDA kernels now, not at first use.
                 _create_session(ort, cached, None, [(self.provider, self.provider_options(options, model)),
                                                     "CPUExecutionProvider"])
         if options.lean_memory or external:
             # Lean memory: the weights in a side file that ORT maps rather than copies.
-            io.save_model(io.load_model(cached), output, external_weights=True)
+            storage.save_model(storage.load_model(cached), output, external_weights=True)
         else:
-            io.copy_model(cached, output)
+            storage.copy_model(cached, output)
         sidecar = {"backend": self.name, "options": options.to_dict(), "environment": self.environment(), "key": key,
                    "provider_options": {k: v for k, v in self.provider_options(options, model).items()}}
-        with io.atomic_path(Path(str(output) + ".json")) as tmp:
+        with storage.atomic_path(Path(str(output) + ".json")) as tmp:
             tmp.write_text(json.dumps(sidecar, indent=2, default=list) + "\n")
-        size = sum(p.stat().st_size for p in io.model_files(output) if p.exists())
+        size = sum(p.stat().st_size for p in storage.model_files(output) if p.exists())
         return BuildResult(self.name, output, time.perf_counter() - start, size, hit, key)
 
     def runner(self, artefact: Path, options: BuildOptions | None = None, threads: int | None = None) -> Runner:
@@ -205,7 +205,7 @@ def _create_session(ort, model: Path, options, providers):
 def _input_names(model: Path) -> list[str]:
     import onnx
 
-    from ..io import graph_inputs
+    from ..storage import graph_inputs
 
     inputs = graph_inputs(onnx.load(str(model), load_external_data=False))
     if not inputs:

@@ -41,11 +41,11 @@ class TorchRunner(Runner):
     def __init__(self, spec: str, threads: int | None, compile: bool):
         import torch
 
-        from ..zoo import load_model
+        from ..zoo import load_zoo_model
 
         if threads:
             torch.set_num_threads(int(threads))
-        loaded = load_model(spec)
+        loaded = load_zoo_model(spec)
         self.torch = torch
         self.module = loaded.module
         self.compiled = False

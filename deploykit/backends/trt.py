@@ -128,7 +128,7 @@ class TrtBackend(Backend):
     def build(self, model: Path, output: Path, options: BuildOptions) -> BuildResult:
         trt = _import_trt()
         env = self.environment()
-        from ..io import atomic_path
+        from ..storage import atomic_path
 
         start = time.perf_counter()
         key = cache_key(file_sha256(model), self.name, options, env)
@@ -177,7 +177,7 @@ class TrtBackend(Backend):
                 tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
             sidecar_path(cached).write_text(json.dumps(
                 {**env, "precision": options.precision, "profiles": profiles, "key": key,
-                 "signature": _recorded_signature(model)}, indent=2) + "\n")
+                 "signature": recorded_signature(model)}, indent=2) + "\n")
         with atomic_path(output) as tmp:
             tmp.write_bytes(cached.read_bytes())
         with atomic_path(sidecar_path(output)) as tmp:
@@ -189,12 +189,12 @@ class TrtBackend(Backend):
         return TrtRunner(artefact)
 
 
-def _recorded_signature(model: Path) -> dict:
+def recorded_signature(model: Path) -> dict:
     """The ONNX model's inputs and outputs as Triton names them: `package --triton` reads a plan's from here."""
-    from .. import io
+    from .. import storage
     from ..signature import signature_tensors
 
-    inputs, outputs = signature_tensors(io.load_model(model, load_weights=False))
+    inputs, outputs = signature_tensors(storage.load_model(model, load_weights=False))
     as_dicts = lambda tensors: [{"name": n, "data_type": t, "dims": d} for n, t, d in tensors]  # noqa: E731
     return {"inputs": as_dicts(inputs), "outputs": as_dicts(outputs)}
 
@@ -205,7 +205,7 @@ def _profile(name: str, first: bool, options: BuildOptions, model: Path):
         return tuple(list(s) for s in given)
     import onnx
 
-    from ..io import get_metadata
+    from ..storage import get_metadata
     from ..signature import recorded_shapes
 
     proto = onnx.load(str(model), load_external_data=False)

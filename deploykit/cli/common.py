@@ -65,7 +65,7 @@ def echo_json(data) -> None:
 
 
 def write_report(path, text: str, inputs=()) -> None:
-    from ..io import atomic_path
+    from ..storage import atomic_path
 
     with atomic_path(path, inputs) as tmp:
         tmp.write_text(text)

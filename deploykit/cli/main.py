@@ -39,7 +39,7 @@ def _on_unraisable(unraisable) -> None:
         return
     import os
 
-    from ..io import remove_pending
+    from ..storage import remove_pending
 
     for cleanup in reversed(BEFORE_HARD_EXIT):
         try:
@@ -55,7 +55,7 @@ def _on_unraisable(unraisable) -> None:
 
 
 def interrupted_message(signum: int) -> str:
-    from ..io import WRITTEN
+    from ..storage import WRITTEN
 
     name = signal.Signals(signum).name
     if WRITTEN:
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     except Exception as exc:  # an unexpected failure still gets one line, and --debug for the rest
         if debug:
             raise
-        from ..io import storage_error
+        from ..storage import storage_error
 
         refusal = storage_error(exc) if isinstance(exc, OSError) else None  # a full disk is not a bug
         if refusal is not None:

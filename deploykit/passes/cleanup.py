@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from ._graph import replace_value
+from .graph_tools import replace_value
 from .base import GraphPass
 
 

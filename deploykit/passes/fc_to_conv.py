@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import UserInputError
-from ._graph import add_initializer, attr, const, ints, replace_value, sole_consumer
+from .graph_tools import add_initializer, attr, const, ints, replace_value, sole_consumer
 from .base import GraphPass
 
 # Operations that commute with translation: each output pixel depends on a fixed window of input.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._graph import QUANTIZED_OPS, replace_value
+from .graph_tools import QUANTIZED_OPS, replace_value
 from .base import GraphPass
 
 FP16_MAX = 65504.0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._graph import attr, const, nodes_of, replace_value, sole_consumer
+from .graph_tools import attr, const, nodes_of, replace_value, sole_consumer
 from .base import GraphPass
 
 FUSABLE = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid")

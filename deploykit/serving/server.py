@@ -190,7 +190,7 @@ class Server:
                  max_input_mb: float | None = None):
         from ..runtime import Engine
         from ..signature import read_signature
-        from .. import io
+        from .. import storage
 
         source = Path(model)
         if not source.is_file():
@@ -206,17 +206,21 @@ class Server:
             raise UserInputError("--max-input-mb must be more than 0")
         if log_file is not None:
             # Triton appends to its log: never to the model or its weights, never into a folder that is not there.
-            io.check_output_path(log_file, inputs=io.model_files(source))
+            storage.check_output_path(log_file, inputs=storage.model_files(source))
         self._pytriton = _import_pytriton()
         _check_ports_free(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
-        signature = read_signature(io.load_model(source, load_weights=False))
+        signature = read_signature(storage.load_model(source, load_weights=False))
         batched = all(s.dims and not isinstance(s.dims[0], int) for s in signature.inputs + signature.outputs)
         preferred = sorted({int(b) for b in preferred_batch_sizes})
         max_batch_size = resolve_max_batch(batched, max_batch_size, preferred)
         dynamic = dynamic_batching and max_batch_size > 0
+        from ..backends.registry import REGISTRY
+
+        runs_in_ort = source.suffix == ".onnx" and not (isinstance(providers, str) and
+                                                        providers.lower() in REGISTRY["ov-cpu"].engine_names)
         # Engines first: a model that does not load fails here, with deploykit's own message, before Triton starts.
         self._engines = [Engine(source, providers=providers, intra_op_threads=threads,
-                                session_options=_quiet_session_options() if source.suffix == ".onnx" else None)
+                                session_options=_quiet_session_options() if runs_in_ort else None)
                          for _ in range(instances)]
         self._signature = signature
         self.limits = input_limits(signature, max_batch_size, max_input_mb)

@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import io
+from .. import storage
 from ..signature import TRITON_TYPES, signature_tensors  # noqa: F401  (Triton's names for ONNX types)
 from ..errors import UserInputError
 
@@ -125,13 +125,13 @@ def package_triton(model, repo, *, name: str | None = None, version: int = 1, ma
     created = [p for p in [repo, *repo.parents] if not p.exists()]  # removed again if the entry is not written
     try:
         repo.mkdir(parents=True, exist_ok=True)
-        with io.temporary(Path(tempfile.mkdtemp(prefix=f".{name[:100]}.", suffix=".tmp", dir=repo))) as staging:
+        with storage.temporary(Path(tempfile.mkdtemp(prefix=f".{name[:100]}.", suffix=".tmp", dir=repo))) as staging:
             (staging / str(version)).mkdir()
             _write_model(source, backend, staging / str(version) / MODEL_FILES[backend])
             (staging / "config.pbtxt").write_text(text)
             os.chmod(staging, 0o777 & ~_umask())
             if entry.exists():
-                with io.temporary(Path(tempfile.mkdtemp(prefix=f".{name[:100]}.old.", dir=repo))) as old:
+                with storage.temporary(Path(tempfile.mkdtemp(prefix=f".{name[:100]}.old.", dir=repo))) as old:
                     os.replace(entry, old / name)
                     os.replace(staging, entry)
             else:
@@ -196,7 +196,7 @@ def _signature(source: Path) -> tuple[list[Tensor], list[Tensor]]:
             return out
 
         return ports(read.inputs), ports(read.outputs)
-    return signature_tensors(io.load_model(source, load_weights=False))
+    return signature_tensors(storage.load_model(source, load_weights=False))
 
 
 def _source_files(source: Path) -> list[Path]:
@@ -204,12 +204,12 @@ def _source_files(source: Path) -> list[Path]:
         return [source, source.with_suffix(".bin")]
     if source.suffix.lower() == ".plan":
         return [source]
-    return io.model_files(source)
+    return storage.model_files(source)
 
 
 def _write_model(source: Path, backend: str, target: Path) -> None:
     if backend == "onnxruntime":
-        io.copy_model(source, target)
+        storage.copy_model(source, target)
     elif backend == "tensorrt":
         shutil.copyfile(source, target)
     elif source.suffix.lower() == ".xml":

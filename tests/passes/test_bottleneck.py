@@ -8,7 +8,7 @@ from onnx import helper
 
 from conftest import make_model, ops, ort_run, tensor_info, to_ir
 from deploykit import UserInputError
-from deploykit.inspect import inspect_model
+from deploykit.analysis import inspect_model
 from deploykit.passes.bottleneck import BottleneckPass
 
 
@@ -265,20 +265,20 @@ def test_measured_budgets_consider_one_by_one_layers(tmp_path, monkeypatch):
 
 
 def test_a_one_by_one_rank_is_taken_under_macs_only_where_its_time_pays():
-    from deploykit.passes.bottleneck.layers import Layer as _Layer, pays as _pays
+    from deploykit.passes.bottleneck.layers import Layer, pays
 
     weight = np.zeros((256, 256, 1, 1), np.float32)
-    layer = _Layer(node=None, weight=weight, in_hw=196, out_hw=196, t_full=1e-3)
+    layer = Layer(node=None, weight=weight, in_hw=196, out_hw=196, t_full=1e-3)
     # Rank 32 (256 -> 32 -> 256) has a quarter of the layer's MACs, so it must save 0.9 x 0.75 of its time.
     assert layer.macs(32) * 4 == layer.macs()
     layer.t_grid = {32: 0.30e-3}
-    assert _pays(layer, 32)
+    assert pays(layer, 32)
     layer.t_grid = {32: 0.40e-3}  # saves 0.60 of the time for 0.75 of the MACs
-    assert not _pays(layer, 32)
-    assert not _pays(layer, 16)  # a rank that was not timed is never taken
-    spatial = _Layer(node=None, weight=np.zeros((64, 64, 3, 3), np.float32), in_hw=196, out_hw=196, t_full=1e-3,
+    assert not pays(layer, 32)
+    assert not pays(layer, 16)  # a rank that was not timed is never taken
+    spatial = Layer(node=None, weight=np.zeros((64, 64, 3, 3), np.float32), in_hw=196, out_hw=196, t_full=1e-3,
                      t_grid={16: 0.9e-3})
-    assert _pays(spatial, 16)  # KxK layers are taken on their MACs, as before timings existed
+    assert pays(spatial, 16)  # KxK layers are taken on their MACs, as before timings existed
 
 
 def _fully_connected(op, cin=48, cout=40, rows=None, seed=0, trans_b=1, alpha=1.0, beta=1.0):

@@ -52,7 +52,7 @@ def test_bottleneck_and_int8_share_one_budget_on_digits(exported, cli, tmp_path)
     assert result.code == 0, result.err
     assert "accuracy budget" in result.out and "of --max-accuracy-drop 1" in result.out
     assert _digits_accuracy(out) >= before - 1.0
-    from deploykit.inspect import inspect_model
+    from deploykit.analysis import inspect_model
 
     assert inspect_model(out).totals.macs < inspect_model(path).totals.macs  # still factorised, not given up
 

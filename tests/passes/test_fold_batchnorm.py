@@ -116,9 +116,9 @@ def test_fold_on_a_training_mode_export_matches_pytorch(tmp_path):
     """An export that keeps BatchNorm (training=PRESERVE) folds to the same numbers PyTorch computes."""
     import onnx
 
-    from deploykit.zoo import load_model
+    from deploykit.zoo import load_zoo_model
 
-    net = load_model("digits").module
+    net = load_zoo_model("digits").module
     x = torch.randn(4, 1, 8, 8)
     path = tmp_path / "bn.onnx"
     import warnings

@@ -100,7 +100,7 @@ def test_hand_built_conv_chain_quantizes_every_conv(tmp_path, seed):
 
 
 def test_inspect_counts_quantized_weights_as_weights_not_activations(exported, tmp_path):
-    from deploykit.inspect import inspect_model
+    from deploykit.analysis import inspect_model
 
     path, _ = exported("digits")
     out = tmp_path / "q.onnx"

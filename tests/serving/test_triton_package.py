@@ -133,7 +133,7 @@ def test_tensorrt_plan_entry_takes_its_signature_from_the_build_sidecar(cli, exp
     sidecar's signature is recorded by the same function the build uses, beside placeholder plan bytes."""
     import json
 
-    from deploykit.backends.trt import _recorded_signature, sidecar_path
+    from deploykit.backends.trt import recorded_signature, sidecar_path
 
     path, _ = exported("digits")
     plan = tmp_path / "digits.plan"
@@ -141,7 +141,7 @@ def test_tensorrt_plan_entry_takes_its_signature_from_the_build_sidecar(cli, exp
     repo = tmp_path / "repo"
     refused = cli("package", plan, "--triton", repo)
     assert refused.code == 2 and "no recorded signature" in refused.err and not repo.exists()
-    sidecar_path(plan).write_text(json.dumps({"signature": _recorded_signature(path)}))
+    sidecar_path(plan).write_text(json.dumps({"signature": recorded_signature(path)}))
     result = cli("package", plan, "--triton", repo, "--max-batch-size", "16")
     assert result.code == 0, result.err
     config = _config(repo / "digits" / "config.pbtxt")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from deploykit import Engine
-from deploykit.zoo import load_model
+from deploykit.zoo import load_zoo_model
 from deploykit_zoo import ZOO
 from deploykit_zoo.digits_data import load_digits_split
 
@@ -16,7 +16,7 @@ def test_digits_accuracy_through_engine_equals_pytorch(exported):
     _, _, x_test, y_test = load_digits_split()
     onnx_pred = Engine(path, providers="cpu")(x_test).argmax(1)
     with torch.inference_mode():
-        torch_pred = load_model("digits").module(torch.from_numpy(x_test)).argmax(1).numpy()
+        torch_pred = load_zoo_model("digits").module(torch.from_numpy(x_test)).argmax(1).numpy()
     assert len(y_test) == 360
     assert np.array_equal(onnx_pred, torch_pred)
     accuracy = float((onnx_pred == y_test).mean())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from deploykit.zoo import count_macs, describe_zoo, load_model
+from deploykit.zoo import count_macs, describe_zoo, load_zoo_model
 from deploykit_zoo import ZOO
 
 # Published figures for the 1000-class versions (torchvision's model cards; LeNet-5 in its
@@ -27,7 +27,7 @@ PUBLISHED_PARAMS = {
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
 def test_parameter_count_matches_publication(name):
-    module = load_model(name).module
+    module = load_zoo_model(name).module
     assert sum(p.numel() for p in module.parameters()) == PUBLISHED_PARAMS[name]
 
 
@@ -47,7 +47,7 @@ def test_known_mac_counts():
 
 
 def test_densenet_bc_has_bottlenecks_and_compression():
-    net = load_model("densenet121").module
+    net = load_zoo_model("densenet121").module
     first_layer = net.features[4]
     convs = [m for m in first_layer.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs[0].kernel_size == (1, 1) and convs[0].out_channels == 4 * 32  # B: 1x1 to 4k channels
@@ -63,9 +63,9 @@ def test_count_macs_on_a_single_conv_by_hand():
 
 
 def test_trained_digits_weights_load_through_the_user_path(tmp_path):
-    zoo_net = load_model("digits").module
+    zoo_net = load_zoo_model("digits").module
     # The same file:factory + --weights a user would give must yield the same network.
-    user_net = load_model(f"{ZOO['digits'].path}:digits_cnn", weights=str(ZOO["digits"].weights_path)).module
+    user_net = load_zoo_model(f"{ZOO['digits'].path}:digits_cnn", weights=str(ZOO["digits"].weights_path)).module
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(zoo_net(x), user_net(x))

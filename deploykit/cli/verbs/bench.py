@@ -36,10 +36,8 @@ def bench_cmd(models, backends, batches, warmup, iterations, duration, threads, 
               report_path, plot_path, markdown_path, as_json):
     """Throughput, latency and memory of MODEL(s) per backend and batch size."""
     from ... import bench as b
-    from ...io import check_output_path, model_files
+    from ...storage import check_output_path, model_files
 
-    if iterations is not None and duration is not None:
-        raise UserInputError("give one of --iterations and --duration, not both")
     try:
         sizes = [int(v) for v in batches.split(",") if v.strip()]
         if not sizes or any(v < 1 for v in sizes):

@@ -13,7 +13,7 @@ from ..common import cli, echo_json, json_option, shape_option
 @json_option("the report")
 def inspect_cmd(model, input_shape, as_json):
     """Per-layer shapes, parameters, MACs and activation memory of an ONNX model."""
-    from ...inspect import format_report, inspect_model
+    from ...analysis import format_report, inspect_model
 
     report = inspect_model(model, input_shape)
     if as_json:

@@ -65,7 +65,7 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
              target, ort_layout,
              recipe, input_shape, tolerance, max_error, report_path, as_json):
     """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
-    from ...io import check_output_path, model_files
+    from ...storage import check_output_path, model_files
     from ...optimize import optimize_model
     from ...options import OptimizeOptions
 

@@ -20,7 +20,7 @@ from ..common import cli, echo_json, json_option
 @json_option("the result (map shape, top class per cell, timings, check)")
 def slide(model, image_size, image_path, stride, output, check, as_json):
     """Slide a classifier over a larger image in one pass (FC->CONV); print the score map."""
-    from ...io import check_output_path, model_files
+    from ...storage import check_output_path, model_files
     from ...slide import slide_image
 
     if image_path is not None and image_size is not None:
@@ -31,7 +31,7 @@ def slide(model, image_size, image_path, stride, output, check, as_json):
     if output:
         import numpy as np
 
-        from ...io import atomic_path
+        from ...storage import atomic_path
 
         with atomic_path(output, model_files(model)) as tmp:
             with open(tmp, "wb") as fh:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from .._graph import attr, const, ints
+from ..graph_tools import attr, const, ints
 
 
 MODES = ("rank", "ratio", "energy", "macs", "time")

@@ -34,7 +34,7 @@ class RankChoice:
 
     def _time_layers(self, layers: list[Layer]) -> None:
         """Each candidate and its pair at GRID_POINTS ranks, timed at its shapes (or read from the cache)."""
-        from .._conv_timing import ConvTimer
+        from ..conv_timing import ConvTimer
 
         from ...machine import cpu_flags
 

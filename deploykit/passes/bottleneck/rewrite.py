@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .._graph import add_initializer, attr, const, replace_value
+from ..graph_tools import add_initializer, attr, const, replace_value
 from .layers import Layer, MEASURED_MODES, fully_connected, timing_spec
 
 
@@ -13,7 +13,7 @@ class Rewrite:
     """BottleneckPass's candidates and graph rewrite (a mixin)."""
 
     def _candidates(self, model: ir.Model) -> list[Layer]:
-        from ...inspect import inspect_model
+        from ...analysis import inspect_model
 
         report = inspect_model(ir.to_proto(model), self.input_shapes)
         self._total_macs = report.totals.macs

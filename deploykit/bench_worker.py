@@ -1,4 +1,4 @@
-"""One measurement in its own process: `python -m deploykit._bench_worker SPEC_JSON` prints a JSON result.
+"""One measurement in its own process: `python -m deploykit.bench_worker SPEC_JSON` prints a JSON result.
 
 A fresh process per (model, backend, batch) keeps one runtime's thread pool, allocator and peak
 memory out of the next one's figures.

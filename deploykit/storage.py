@@ -135,7 +135,7 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -153,7 +153,7 @@ def atomic_path(path: str | os.PathLike, inputs=()) -> Iterator[Path]:
     os.close(fd)
     with temporary(Path(tmp_name)) as tmp:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, out)
         WRITTEN.append(out)
 
@@ -220,7 +220,7 @@ def _staged_write(out: Path, write) -> Path:
     (OUT.data) before the model, so no reader sees a model whose weights are half-written."""
     with temporary(Path(tempfile.mkdtemp(prefix=f".{_short(out.name)}.", suffix=".tmp", dir=out.parent))) as staging:
         write(staging / out.name)
-        mode = 0o666 & ~_current_umask()
+        mode = 0o666 & ~current_umask()
         for name in (out.name + ".data", out.name):
             if (staging / name).exists():
                 os.chmod(staging / name, mode)

@@ -54,7 +54,7 @@ class ConvTimer:
     def save(self) -> None:
         if not self.measured:
             return
-        from ..io import atomic_path
+        from ..storage import atomic_path
 
         try:
             with atomic_path(self.path) as tmp:
