@@ -148,3 +148,19 @@ def layer_peaks(model, value_names: list[str], data, batch: int = 4) -> dict[str
             if o.dtype.kind == "f" and o.size:
                 peaks[n] = max(peaks.get(n, 0.0), float(np.max(np.abs(o))))
     return peaks
+
+
+def layer_channel_means(model, value_names: list[str], data, batch: int = 4) -> dict[str, np.ndarray]:
+    """The mean of each named (N, C, ...) float tensor per channel (axis 1) over `data`, kept as running sums:
+    memory stays that of one small batch's intermediate tensors."""
+    session = _intermediate_session(model, value_names)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for feeds in _batches(session, data, batch):
+        for n, o in zip(value_names, session.run(value_names, feeds)):
+            if o.dtype.kind != "f" or o.ndim < 2 or not o.size:
+                continue
+            per_channel = np.moveaxis(o, 1, 0).reshape(o.shape[1], -1).astype(np.float64)
+            sums[n] = sums.get(n, 0.0) + per_channel.sum(axis=1)
+            counts[n] = counts.get(n, 0) + per_channel.shape[1]
+    return {n: sums[n] / counts[n] for n in sums}
