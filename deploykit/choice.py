@@ -1,7 +1,9 @@
 """The fastest artefact on this machine that holds the accuracy budget, chosen across engines and precisions.
 
 `--recipe fast` ends here. The candidates are the input in ONNX Runtime (fp32), the input in OpenVINO
-(f32, and bf16 where the CPU has native bf16 kernels), and the recipe's int8 model in each engine. Each
+(f32, and bf16 where the CPU has native bf16 kernels), the recipe's int8 model in each engine, and, where
+the CPU has native bf16, that int8 model in OpenVINO with its float layers (those the budget kept out of
+int8, the decoding tail) in bf16 rather than f32 ("int8+bf16"). Each
 is judged where it runs, in the engine and at the precision it will run at, in the points of the
 budget's metric, against the input in ONNX Runtime; each is timed at batch 1 in a fresh process, the
 candidates taking turns round by round. Among those that hold the budget the fastest wins; one within
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import DeploykitError
+from .storage import float_precision
 
 TIE = 0.05  # latencies within 5% of the fastest are inside this machine's round-to-round noise: a tie
 
@@ -22,7 +25,7 @@ TIE = 0.05  # latencies within 5% of the fastest are inside this machine's round
 @dataclass
 class Candidate:
     engine: str      # ort-cpu or ov-cpu
-    precision: str   # fp32 (ORT), f32 / bf16 (OpenVINO), int8
+    precision: str   # fp32 (ORT), f32 / bf16 (OpenVINO), int8, int8+bf16 (OpenVINO: float layers in bf16)
     path: str
     drop: float | None = None        # points of the metric lost against the input in ORT
     latency_ms: float | None = None  # median at batch 1
@@ -87,6 +90,8 @@ def candidates_for(source: Path, int8_model: Path | None) -> tuple[list[Candidat
         found.append(Candidate("ort-cpu", "int8", str(int8_model)))
         if any(c.engine == "ov-cpu" for c in found):
             found.append(Candidate("ov-cpu", "int8", str(int8_model)))
+            if any(c.label == "ov-cpu bf16" for c in found):
+                found.append(Candidate("ov-cpu", "int8+bf16", str(int8_model)))
     return found, skipped
 
 
@@ -94,7 +99,7 @@ def _engine_for(candidate: Candidate):
     from .runtime import Engine
 
     if candidate.engine == "ov-cpu":
-        precision = candidate.precision if candidate.precision in ("f32", "bf16") else None
+        precision = float_precision(candidate.precision)
         return Engine(candidate.path, providers="openvino", precision=precision)
     return Engine(candidate.path, providers="cpu")
 
@@ -138,7 +143,7 @@ def time_side_by_side(candidates: list[Candidate], input_shape, rounds: int = 3,
         c = by_label[label]
         if label in failed:
             return []
-        backend = c.engine + (":bf16" if c.precision == "bf16" else "")
+        backend = c.engine + (":bf16" if float_precision(c.precision) == "bf16" else "")
         try:
             return run_one({**spec, "artefact": c.path, "backend": backend})["latencies_s"]
         except DeploykitError as exc:

@@ -37,6 +37,7 @@ class OptimizeOptions:
     calibration_method: str | None = None
     int8_exclude: tuple[str, ...] = ()
     int8_quantize_tail: bool = False
+    int8_bias_correction: bool = False
     ort_layout: bool = False
     validate: Any = None
     max_accuracy_drop: float | None = None
@@ -89,7 +90,8 @@ class OptimizeOptions:
             raise UserInputError(f"{o('calibration')} is used only by {o('int8')}, {o('fp16')} (overflow check) and "
                                  f"{o('bottleneck')} (data-aware ranks): add one of them or drop {o('calibration')}")
         for name, value in (("calibration-method", self.calibration_method is not None),
-                            ("int8-quantize-tail", self.int8_quantize_tail), ("int8-exclude", bool(self.int8_exclude))):
+                            ("int8-quantize-tail", self.int8_quantize_tail), ("int8-exclude", bool(self.int8_exclude)),
+                            ("int8-bias-correction", self.int8_bias_correction)):
             if value and not self.int8:
                 raise UserInputError(f"{o(name)} only applies with {o('int8')}: add {o('int8')} or drop it")
         if self.max_accuracy_drop is not None and not (self.int8 or self.bottleneck):

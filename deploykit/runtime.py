@@ -174,7 +174,9 @@ class Engine:
             # read from the session's metadata, so no other Engine pays a second read of the model.
             recorded = metadata.get(DEPLOYMENT_PRECISION_KEY)
             self._session = None
-            self._use_plan(_openvino_runner(path, recorded if recorded in ("f32", "bf16") else None, intra_op_threads))
+            from .storage import float_precision
+
+            self._use_plan(_openvino_runner(path, float_precision(recorded or ""), intra_op_threads))
             return
         check_providers_used(requested, self._session.get_providers(), path.name)
         _check_cpu_layout(path, metadata)

@@ -364,3 +364,12 @@ def set_metadata(model, entries: dict[str, object]) -> None:
         else:
             prop = model.metadata_props.add()
             prop.key, prop.value = full, str(value)
+
+
+def float_precision(precision: str) -> str | None:
+    """What OpenVINO runs the float layers of an artefact recorded at `precision` in: f32 or bf16, or None for
+    its default (f32, with an int8 model's Q/DQ pairs in int8). "int8+bf16" is an int8 model whose layers left
+    in float run in bf16."""
+    if precision in ("f32", "bf16"):
+        return precision
+    return "bf16" if precision.endswith("+bf16") else None

@@ -3,6 +3,8 @@ win, ties and the budget. The real measuring is exercised by the recipe tests (t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from deploykit.choice import Candidate, choose
@@ -56,3 +58,27 @@ def test_nothing_holding_the_budget_is_an_error():
 
     with pytest.raises(DeploykitError, match="no candidate holds"):
         choose(_candidates({("ort-cpu", "fp32"): (2.0, 1.0)}), budget=1.0)
+
+
+def test_int8_with_its_float_layers_in_bf16_is_a_candidate_and_runs_as_recorded(exported, tmp_path):
+    """Where the CPU has native bf16, the int8 model is also tried in OpenVINO with the layers int8 left in float
+    (the budget's, the tail) in bf16; chosen, it is written so that Engine runs it that way."""
+    from deploykit import Engine
+    from deploykit.backends import get_backend
+    from deploykit.choice import candidates_for, write_winner
+    from deploykit.machine import has_native_bf16
+    from deploykit.optimize import optimize_model
+
+    if not get_backend("ov-cpu").available()[0] or not has_native_bf16():
+        pytest.skip("needs OpenVINO on a CPU with native bf16")
+    path, _ = exported("digits")
+    int8 = tmp_path / "int8.onnx"
+    optimize_model(path, int8, int8=True, calibration="digits", fold=True, fuse=False, target="openvino")
+    found, _ = candidates_for(Path(path), int8)
+    mixed = next(c for c in found if c.label == "ov-cpu int8+bf16")
+    assert mixed.path == str(int8)
+    write_winner(mixed, tmp_path / "chosen.onnx")
+    with Engine(tmp_path / "chosen.onnx") as engine:
+        assert engine.providers == ["OpenVINO CPU (bf16)"]
+    with Engine(int8, providers="openvino") as plain:  # the same file without the record: its float layers in f32
+        assert plain.providers == ["OpenVINO CPU (int8)"]

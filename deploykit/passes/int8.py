@@ -81,7 +81,8 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
         # OpenVINO runs ONNX Runtime's QDQ layout (uint8 activations) as int8 as well (bench/ENGINES.md).
         return cls(options.calibration, target="ort" if options.target == "openvino" else options.target,
                    method=options.calibration_method or "minmax", exclude=options.int8_exclude,
-                   budget=budget, keep_tail_float=not options.int8_quantize_tail)
+                   budget=budget, keep_tail_float=not options.int8_quantize_tail,
+                   bias_correction=options.int8_bias_correction)
 
     def requires(self, model: ir.Model) -> None:
         """An already quantized model is refused: ORT's quantizer fails inside on its scales, and what is
@@ -95,11 +96,15 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
                                  "model; give the float model it came from, or run it as it is")
 
     def __init__(self, calibration, target: str = "ort", method: str = "minmax", input_shape=None,
-                 exclude=(), budget=None, keep_tail_float: bool = True) -> None:
+                 exclude=(), budget=None, keep_tail_float: bool = True,
+                 bias_correction: bool = False) -> None:
         super().__init__()
         # A detector's decoding (box/score concatenation, DFL softmax, grid arithmetic) and a classifier's final
         # softmax gain nothing in int8 and lose the precision their outputs need: float unless asked.
         self.keep_tail_float = keep_tail_float
+        # Take the shift int8 weights put on each output channel out of its bias (deploykit.passes.int8_bias).
+        self.bias_correction = bias_correction
+        self.corrected: dict[str, float] = {}
         # Node names or op types kept in float from the start (--int8-exclude); the budget search adds to them.
         self.exclude = tuple(exclude)
         # The pipeline's AccuracyBudget (None: no budget), in points of accuracy (labelled data) or of top-1
@@ -229,7 +234,12 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
                         f"{peak:.3g}): give calibration data scaled as the model's inputs are in use") from None
                 finally:
                     root.setLevel(level)
-                return onnx.load(str(dst))
+                result = onnx.load(str(dst))
+                if self.bias_correction:
+                    from .int8_bias import correct_biases
+
+                    self.corrected = correct_biases(proto, result, data)
+                return result
 
             base = self._resolve_exclude(proto)
             if base:
@@ -249,6 +259,10 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
         act = "uint8 (asymmetric) activations, for ONNX Runtime on the CPU" if ort_target else \
             "symmetric int8 activations, for TensorRT"
         self.note(f"QDQ, per-channel int8 weights, {act}; calibration: {len(data)} sample(s), {self.method}")
+        if self.bias_correction:
+            worst = max(self.corrected.values(), default=0.0)
+            self.note(f"bias correction: {len(self.corrected)} convolution(s) had the mean shift of their int8 "
+                      f"weights taken out of their biases (largest {worst:.3g}), measured on the calibration data")
         self.note(f"{self.int8_convs} of {self.total_convs} convolution(s) run in int8"
                   + (" (QLinearConv after ORT's QDQ fusion)" if ort_target else " (Conv between DequantizeLinear nodes)"))
         return ir.from_proto(quantized)

@@ -66,7 +66,9 @@ def correct_biases(float_proto, quantized, calibration, samples: int = 32) -> di
         plans.append((node, source.input[0], w_q - w, bias_dq))
     if not plans:
         return {}
-    means = layer_channel_means(float_proto, list(dict.fromkeys(p[1] for p in plans)), calibration[:samples])
+    import onnx_ir as ir
+
+    means = layer_channel_means(ir.from_proto(float_proto), list(dict.fromkeys(p[1] for p in plans)), calibration[:samples])
     corrected = {}
     for node, input_name, error, bias_dq in plans:
         mu = means.get(input_name)

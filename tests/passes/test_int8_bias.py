@@ -53,7 +53,7 @@ def test_bias_correction_reduces_the_systematic_error(tmp_path, seed):
     assert "bias correction" in notes and "bias correction" not in " ".join(plain.passes[-1].notes)
     before = mean_shift(tmp_path / "plain.onnx", source, held_out)
     after = mean_shift(tmp_path / "corrected.onnx", source, held_out)
-    assert after < 0.7 * before, (before, after)
+    assert after < 0.3 * before, (before, after)  # measured: 5-20x smaller on three seeds
     # Only biases moved: the int8 weights, scales and graph are the plain model's.
     a, b = onnx.load(str(tmp_path / "plain.onnx")), onnx.load(str(tmp_path / "corrected.onnx"))
     assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]

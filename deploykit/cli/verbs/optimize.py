@@ -43,6 +43,9 @@ from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, wri
 @click.option("--int8-quantize-tail", is_flag=True,
               help="with --int8: quantize the post-processing tail too (the nodes after the last multi-channel "
                    "convolution or FC layer: a detector's decoding, a final softmax), which stays in float by default")
+@click.option("--int8-bias-correction", is_flag=True,
+              help="with --int8: take the mean shift int8 weights put on each output channel out of its bias "
+                   "(measured on the calibration data; Nagel et al. 2019)")
 @click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default=None,
               help="with --int8: how activation ranges are chosen  [default: minmax]")
 @click.option("--target", type=click.Choice(TARGETS), default="ort",
@@ -61,7 +64,7 @@ from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, wri
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="also write the report as JSON")
 @json_option("the report")
 def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
-             calibration, validate, max_accuracy_drop, metric, int8_exclude, int8_quantize_tail, calibration_method,
+             calibration, validate, max_accuracy_drop, metric, int8_exclude, int8_quantize_tail, int8_bias_correction, calibration_method,
              target, ort_layout,
              recipe, input_shape, tolerance, max_error, report_path, as_json):
     """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
@@ -75,7 +78,8 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
     options = OptimizeOptions(fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv, bottleneck=bottleneck,
                               bottleneck_layers=layers, fp16=fp16, fp16_io=fp16_io, int8=int8, calibration=calibration,
                               calibration_method=calibration_method, int8_exclude=int8_exclude,
-                              int8_quantize_tail=int8_quantize_tail, ort_layout=ort_layout, validate=validate,
+                              int8_quantize_tail=int8_quantize_tail, int8_bias_correction=int8_bias_correction,
+                              ort_layout=ort_layout, validate=validate,
                               max_accuracy_drop=max_accuracy_drop, metric=metric, recipe=recipe,
                               input_shape=input_shape, tolerance=tolerance, max_error=max_error)
     report = optimize_model(model, output, options, progress=lambda name: click.echo(f"running {name} ...", err=True))
@@ -111,17 +115,19 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
         if r.get("candidates"):
             click.echo(f"    candidates, judged in the engine that runs them ({r['metric']}) and timed side by side "
                        "at batch 1:")
-            click.echo(f"      {'candidate':<16} {'drop':>7} {'latency':>9} {'vs ORT fp32':>11}  verdict")
+            click.echo(f"      {'candidate':<18} {'drop':>7} {'latency':>9} {'vs ORT fp32':>11}  verdict")
             for c in r["candidates"]:
                 drop = "-" if c["drop"] is None else f"{c['drop']:.2f}"
                 ms = "-" if c["latency_ms"] is None else f"{c['latency_ms']:.2f} ms"
                 speed = "-" if c["speedup"] is None else f"{c['speedup']:.2f}x"
-                click.echo(f"      {c['label']:<16} {drop:>7} {ms:>9} {speed:>11}  {c['verdict']}")
+                click.echo(f"      {c['label']:<18} {drop:>7} {ms:>9} {speed:>11}  {c['verdict']}")
             for name in r.get("not_compared", []):
                 click.echo(f"    not compared: {name}")
+            from ...storage import float_precision
+
             providers = "openvino" if r["engine"] == "ov-cpu" else "cpu"
+            precision = float_precision(r["precision"]) if r["engine"] == "ov-cpu" else None
             click.echo(f"    chosen: {r['chosen']}, recorded in the file: Engine({Path(output).name!r}) runs it "
                        f"that way (as Engine(..., providers={providers!r}"
-                       + (f", precision={r['precision']!r}" if r["engine"] == "ov-cpu" and r["precision"] != "int8"
-                          else "") + "))")
+                       + (f", precision={precision!r}" if precision else "") + "))")
     click.echo(f"wrote {output}")
