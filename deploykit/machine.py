@@ -142,15 +142,11 @@ def precision_ceilings(threads: int | None = None, size: int = 1024, seconds: fl
     """
     import tempfile
 
-    import onnxruntime as ort
+    from .ort_session import new_session
 
     out: dict[str, dict] = {"fp32": {}, "int8": {}}
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
     for precision, quantized in (("fp32", False), ("int8", True)):
-        session = ort.InferenceSession(_matmul_model(size, quantized).SerializeToString(), opts,
-                                       providers=["CPUExecutionProvider"])
+        session = new_session(_matmul_model(size, quantized), threads=threads)
         out[precision]["onnxruntime"] = _median_gops(lambda a: session.run(None, {"a": a}), size, seconds)
     _torch_ceilings(out, threads, size, seconds)
     try:

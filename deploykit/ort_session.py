@@ -9,23 +9,37 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
-def cpu_session(model, optimization: str = "all", label=None):
-    """A quiet ONNX Runtime CPU session for a model path or an in-memory ModelProto (`label` names it in errors)."""
+def new_session(model, *, optimization: str = "all", threads: int | None = None, lean: bool = False,
+                save_optimized_to=None, label=None):
+    """The one way deploykit opens an ONNX Runtime CPU session for its own work (checks, timings, reading
+    what ORT makes of a graph): a model path or an in-memory ModelProto, quiet, at an optimisation level
+    (`OPT_LEVELS`), with `threads` intra-op threads; `lean` without weight prepacking or arena;
+    `save_optimized_to` writes the graph ORT runs. ORT's refusal is one line naming `label` (or the model).
+    A user's sessions go through deploykit.Engine, which takes the user's session settings."""
     import onnxruntime as ort
 
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[optimization])
-    # Verification sessions run a few batches and are dropped: prepacked weight copies and the arena
-    # would double a large model's footprint for no gain (VGG-16's optimize peaked at 5.4x its size).
-    opts.enable_cpu_mem_arena = False
-    opts.add_session_config_entry("session.disable_prepacking", "1")
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    if lean:
+        opts.enable_cpu_mem_arena = False
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    if save_optimized_to is not None:
+        opts.optimized_model_filepath = str(save_optimized_to)
     try:
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         name = label or (model if isinstance(model, (str, os.PathLike)) else (model.graph.name or "the model"))
         raise runtime_refusal(name, exc) from exc
+
+
+def cpu_session(model, optimization: str = "all", label=None):
+    """A lean session for verification: it runs a few batches and is dropped, so prepacked weight copies and the
+    arena would double a large model's footprint for no gain (VGG-16's optimize peaked at 5.4x its size)."""
+    return new_session(model, optimization=optimization, lean=True, label=label)
 
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")

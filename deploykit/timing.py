@@ -83,12 +83,11 @@ def _main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-    import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, args.level)
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    from .ort_session import OPT_LEVELS, new_session
+
+    level = next((short for short, full in OPT_LEVELS.items() if full == args.level), args.level)
+    session = new_session(args.model, optimization=level)
     if args.feeds:
         feeds = dict(np.load(args.feeds))
     else:

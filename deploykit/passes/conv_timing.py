@@ -70,16 +70,10 @@ class ConvTimer:
         return self.timings[key]
 
     def _measure(self, spec: dict, rank: int | None) -> float:
-        import onnxruntime as ort
-
+        from ..ort_session import new_session
         from ..timing import latencies, median
 
-        model = _conv_model(spec, rank)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = new_session(_conv_model(spec, rank), threads=self.threads)
         feeds = {"x": np.random.default_rng(0).standard_normal(_input_shape(spec)).astype(np.float32)}
         return median(latencies(lambda: session.run(None, feeds), runs=_MIN_RUNS, seconds=_RUNS_SECONDS))
 

@@ -297,13 +297,9 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
                        and producers.get(n.input[0]) == "DequantizeLinear"
                        and producers.get(n.input[1]) == "DequantizeLinear")
         import onnx
-        import onnxruntime as ort
+        from ..ort_session import new_session
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        opts.optimized_model_filepath = str(tmp / "ort_view.onnx")
-        opts.log_severity_level = 3
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        new_session(path, optimization="extended", save_optimized_to=tmp / "ort_view.onnx")
         ran = onnx.load(str(tmp / "ort_view.onnx"))
         return sum(1 for n in ran.graph.node if n.op_type in ("QLinearConv", "NhwcQLinearConv"))
 

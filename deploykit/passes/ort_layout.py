@@ -41,11 +41,9 @@ class OrtLayoutPass(RebuildPass):
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "in.onnx", Path(tmp) / "ort.onnx"
             onnx.save_model(ir.to_proto(model), str(src))
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.optimized_model_filepath = str(dst)
-            opts.log_severity_level = 3
-            ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+            from ..ort_session import new_session
+
+            new_session(src, optimization="all", save_optimized_to=dst)
             baked = onnx.load(str(dst))
         kinds = sorted({n.op_type for n in baked.graph.node if n.domain == "com.microsoft.nchwc"})
         flags = sorted(cpu_flags())
