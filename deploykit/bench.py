@@ -16,6 +16,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .errors import BackendUnavailableError, DeploykitError, UserInputError
 from .stats import summarize
@@ -173,7 +174,8 @@ def run_one(spec: dict) -> dict:
     return data
 
 
-def bench(models, backends=None, batches=(1, 8), warmup: int = 20, iterations: int | None = None,
+def bench(models: Sequence[str], backends: Sequence[str] | None = None, batches: Sequence[int] = (1, 8),
+          warmup: int = 20, iterations: int | None = None,
           duration: float | None = None, threads: int | None = None, lean_memory: bool = False,
           progress=None, measure_ceiling: bool = True, input_shape=None) -> BenchReport:
     """Measure every model x backend x batch; see the module docstring for what is reported."""

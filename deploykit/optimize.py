@@ -6,6 +6,9 @@ registry build_pipeline reads), deploykit.pipeline (running passes and proving e
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 from .errors import BudgetNotHeld  # noqa: F401  (its old home)
 from .options import DEFAULT_ACCURACY_DROP, DEFAULT_TOLERANCE, OptimizeOptions  # noqa: F401
 from .pipeline import (  # noqa: F401  (the pipeline's names, where callers have always found them)
@@ -18,8 +21,9 @@ from .pipeline import (  # noqa: F401  (the pipeline's names, where callers have
 )
 
 
-def optimize_model(model_path, output_path=None, options=None, *, progress=None, accept=None,
-                   **keywords) -> OptimizeReport:
+def optimize_model(model_path: str | Path, output_path: str | Path | None = None,
+                   options: OptimizeOptions | None = None, *, progress: Callable[[str], None] | None = None,
+                   accept: Callable[[OptimizeReport], str | None] | None = None, **keywords) -> OptimizeReport:
     """`deploykit optimize` as a function: build the pipeline for these options and run it verified.
 
     `options` is a deploykit.options.OptimizeOptions; its fields may be given as keywords instead (or on top).

@@ -176,7 +176,7 @@ def load_image(path) -> np.ndarray:
     return image
 
 
-def slide_image(model, *, image=None, image_size: int | None = None, stride: int | None = None,
+def slide_image(model: str | Path, *, image: str | Path | np.ndarray | None = None, image_size: int | None = None, stride: int | None = None,
                 check: bool = False, seed: int = 0) -> SlideResult:
     """`deploykit slide` as a function: the score map of `image` (an array or a .npy path), or of a random
     square image of side `image_size`; with check=True, also every crop through the original model."""

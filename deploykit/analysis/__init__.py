@@ -11,6 +11,12 @@ makes the totals line up with the cs231n VGG-16 table, which lists one volume pe
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
+
 from .. import storage
 from ..errors import UserInputError
 from .accounting import account
@@ -19,7 +25,7 @@ from .graph_shapes import (accounted_values, constants_as_values, fix_input_shap
 from .report import Layer, Report, Totals, format_report  # noqa: F401  (the public names of the analysis)
 
 
-def inspect_model(model, input_shape=None, *, weights: bool = True) -> Report:
+def inspect_model(model: str | Path | onnx.ModelProto, input_shape=None, *, weights: bool = True) -> Report:
     """Account for every node of the ONNX model at `model`.
 
     `input_shape` is a shape for a single-input model or {input name: shape}; inputs not given take

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..errors import UserInputError
 from .registry import BACKENDS, BUILD_BACKENDS, REGISTRY, BackendEntry
 from .base import Backend, BuildOptions, BuildResult, Runner, cache_key
@@ -29,7 +31,8 @@ def describe_backends() -> list[dict]:
             for e in REGISTRY.values()]
 
 
-def build(model, backend: str, output, options: BuildOptions | None = None) -> BuildResult:
+def build(model: str | os.PathLike, backend: str, output: str | os.PathLike,
+          options: BuildOptions | None = None) -> BuildResult:
     """`deploykit build` as a function: check the model and the output path, then build (or reuse) the artefact."""
     from pathlib import Path
 

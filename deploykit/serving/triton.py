@@ -61,7 +61,7 @@ class PackageResult:
         return d
 
 
-def package_triton(model, repo, *, name: str | None = None, version: int = 1, max_batch_size: int | None = None,
+def package_triton(model: str | Path, repo: str | Path, *, name: str | None = None, version: int = 1, max_batch_size: int | None = None,
                    dynamic_batching: bool = True, preferred_batch_sizes=(), max_queue_delay_us: int | None = None,
                    instances: int = 1, kind: str | None = None, backend: str | None = None,
                    gpu_accelerator: str | None = None, force: bool = False) -> PackageResult:

@@ -31,7 +31,7 @@ Thin convolutions run below the machine's efficiency, so MACs overstate what a c
 all at ranks that are not a multiple of the CPU's channel block (16 with AVX-512, 8 with AVX2),
 which ONNX Runtime's blocked layout packs. The budget modes therefore choose among multiples of the
 block only, each candidate layer and its pair timed at those ranks at the layer's real shapes in
-ONNX Runtime on this machine (deploykit.passes.conv_timing, cached per machine); under time=F the
+ONNX Runtime on this machine (deploykit.model_timing, cached per machine); under time=F the
 allocation spends the measured time rather than MACs, and its prediction is checked by timing the
 factorised model beside the source, the aim corrected by what was measured (at most TIME_CHECKS).
 

@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from ...errors import UnreachableBudget
 from .layers import GRID_POINTS, Layer, PAYOFF, RANK_FLOOR, TIME_CHECKS, TIME_TOLERANCE, pays
-from .timer import ModelTimer
+from ...model_timing import ModelTimer
 
 
 class RankChoice:
@@ -34,7 +34,7 @@ class RankChoice:
 
     def _time_layers(self, layers: list[Layer]) -> None:
         """Each candidate and its pair at GRID_POINTS ranks, timed at its shapes (or read from the cache)."""
-        from ..conv_timing import ConvTimer
+        from ...model_timing import ConvTimer
 
         from ...machine import cpu_flags
 
