@@ -64,6 +64,17 @@ def echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+def echo_rows(rows: list[dict], as_json: bool, line, header: str | None = None) -> None:
+    """A listing verb's output: the rows as one JSON document, or a header and `line(row)` for each row."""
+    if as_json:
+        echo_json(rows)
+        return
+    if header:
+        click.echo(header)
+    for row in rows:
+        click.echo(line(row))
+
+
 def write_report(path, text: str, inputs=()) -> None:
     from ..storage import atomic_path
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import click
-
-from ..common import cli, echo_json, json_option
+from ..common import cli, echo_rows, json_option
 
 
 @cli.command(name="backends")
@@ -13,12 +11,9 @@ def backends_cmd(as_json):
     """List every backend: its --backend name, what it is, whether build makes an artefact, Engine's names for it."""
     from ...backends import describe_backends
 
-    rows = describe_backends()
-    if as_json:
-        echo_json(rows)
-        return
-    for r in rows:
+    def line(r):
         engine = (", ".join(f"providers={n!r}" for n in r["engine_names"]) or
                   ("the built artefact's path" if r["builds"] else "not run by Engine"))
-        click.echo(f"{r['name']:<9} {'build+bench' if r['builds'] else 'bench only':<12} {r['summary']}  "
-                   f"[Engine: {engine}]")
+        return f"{r['name']:<9} {'build+bench' if r['builds'] else 'bench only':<12} {r['summary']}  [Engine: {engine}]"
+
+    echo_rows(describe_backends(), as_json, line)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import click
-
-from ..common import cli, echo_json, json_option
+from ..common import cli, echo_rows, json_option
 
 
 @cli.command(name="passes")
@@ -13,9 +11,5 @@ def passes_cmd(as_json):
     """List every graph pass optimize can run: name, exact or approximating, the option that runs it."""
     from ...passes import describe_passes
 
-    rows = describe_passes()
-    if as_json:
-        echo_json(rows)
-        return
-    for r in rows:
-        click.echo(f"{r['name']:<11} {'exact' if r['exact'] else 'approximate':<12} {r['option']:<26} {r['summary']}")
+    echo_rows(describe_passes(), as_json, lambda r: f"{r['name']:<11} {'exact' if r['exact'] else 'approximate':<12} "
+                                                    f"{r['option']:<26} {r['summary']}")
