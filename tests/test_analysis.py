@@ -1,4 +1,4 @@
-"""inspect: the cs231n VGG-16 table, MACs against an independent count, peak live memory, geometry lint."""
+"""deploykit.analysis (inspect): the cs231n VGG-16 table, MACs against an independent count, peak live memory, geometry lint."""
 
 import json
 import math
