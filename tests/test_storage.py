@@ -1,4 +1,4 @@
-"""io.save_ir_model: the tensor-by-tensor writer must give a file onnx and ONNX Runtime read as the model."""
+"""storage.save_ir_model: the tensor-by-tensor writer must give a file onnx and ONNX Runtime read as the model."""
 
 import numpy as np
 import onnx
