@@ -170,3 +170,36 @@ def write_winner(winner: Candidate, output: Path, inputs=()) -> None:
     storage.set_metadata(model, {storage.DEPLOYMENT_ENGINE_KEY.removeprefix(storage.METADATA_PREFIX): winner.engine,
                             storage.DEPLOYMENT_PRECISION_KEY.removeprefix(storage.METADATA_PREFIX): winner.precision})
     storage.save_model(model, output, external_weights=storage.has_external_data(winner.path), inputs=inputs)
+
+
+def plot_candidates(candidates: list[dict], budget: float, path: Path, inputs=()) -> None:
+    """Speed against accuracy: each candidate's speed-up over ORT fp32 against the points it costs, the budget
+    as a line, the chosen one marked; written atomically as a PNG (the recipe's `--report` beside its JSON)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .errors import BackendUnavailableError
+
+        raise BackendUnavailableError("the recipe's plot needs matplotlib: pip install 'deploykit[plot]'") from None
+    from .storage import atomic_path
+
+    measured = [c for c in candidates if c.get("drop") is not None and c.get("speedup")]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in measured:
+        chosen = c.get("verdict") == "chosen"
+        ax.scatter(c["drop"], c["speedup"], s=80 if chosen else 40, marker="*" if chosen else "o",
+                   color="tab:green" if chosen else ("tab:red" if c["drop"] > budget else "tab:blue"), zorder=3)
+        ax.annotate(c["label"], (c["drop"], c["speedup"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axvline(budget, color="grey", linestyle="--", label=f"budget {budget:g} point(s)")
+    ax.axhline(1.0, color="lightgrey", linewidth=0.8)
+    ax.set_xlabel("accuracy cost against the input (points of the metric)")
+    ax.set_ylabel("speed-up over ONNX Runtime fp32 (batch 1)")
+    ax.set_title("--recipe fast: the candidates")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, inputs) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -132,11 +132,17 @@ def test_recipe_fast_holds_the_budget_on_real_digits(exported, tmp_path, cli):
     path, _ = exported("digits")
     out = tmp_path / "fast.onnx"
     result = cli("optimize", path, "-o", out, "--recipe", "fast", "--calibration", "digits", "--validate", "digits",
-                 "--max-accuracy-drop", "0.5", "--json")
+                 "--max-accuracy-drop", "0.5", "--json", "--report", tmp_path / "fast.json")
     assert result.code == 0, result.err
     import json
 
     recipe = json.loads(result.out)["recipe"]
+    assert json.loads((tmp_path / "fast.json").read_text())["recipe"]["candidates"] == recipe["candidates"]
+    # --report with the recipe also draws the table: speed-up against accuracy cost, a real PNG beside the JSON.
+    import matplotlib.pyplot as plt
+
+    picture = plt.imread(str(tmp_path / "fast.png"))
+    assert picture.ndim == 3 and picture.shape[0] > 200 and picture.std() > 0
     assert recipe["name"] == "fast" and recipe["accuracy_budget"] == 0.5
     # Which engine and precision to deploy, measured: a 0.6 MMAC model is all per-call overhead, where ONNX
     # Runtime (about 15 us) is several times lighter than OpenVINO (bench/RESULTS.md: 0.18-0.26x on two CPU kinds).

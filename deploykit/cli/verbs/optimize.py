@@ -61,7 +61,7 @@ from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, wri
               help="max relative deviation (max|diff| / max|reference|) of an exact pass")
 @click.option("--max-error", type=FiniteFloat(min=0), default=None,
               help="fail when an approximating pass deviates more than this (relative)  [default: no limit]")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="also write the report as JSON")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="also write the report as JSON (with --recipe, and its speed-vs-accuracy plot beside it as .png)")
 @json_option("the report")
 def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
              calibration, validate, max_accuracy_drop, metric, int8_exclude, int8_quantize_tail, int8_bias_correction, calibration_method,
@@ -72,8 +72,11 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
     from ...optimize import optimize_model
     from ...options import OptimizeOptions
 
+    plot_path = str(Path(report_path).with_suffix(".png")) if report_path and recipe else None
     if report_path:
         check_output_path(report_path, model_files(model) + [output])
+    if plot_path:
+        check_output_path(plot_path, model_files(model) + [output, report_path])
     layers = tuple(n.strip() for n in bottleneck_layers.split(",")) if bottleneck_layers else None
     options = OptimizeOptions(fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv, bottleneck=bottleneck,
                               bottleneck_layers=layers, fp16=fp16, fp16_io=fp16_io, int8=int8, calibration=calibration,
@@ -85,6 +88,11 @@ def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layer
     report = optimize_model(model, output, options, progress=lambda name: click.echo(f"running {name} ...", err=True))
     if report_path:
         write_report(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    if plot_path and report.recipe and report.recipe.get("candidates"):
+        from ...choice import plot_candidates
+
+        plot_candidates(report.recipe["candidates"], report.recipe["accuracy_budget"], Path(plot_path),
+                        inputs=model_files(model))
     if as_json:
         echo_json(report.to_dict())
         return
