@@ -207,6 +207,13 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
             onnx.save_model(proto, str(src), save_as_external_data=proto.ByteSize() > 2**31 - 1)
             cache = Path(tmp) / "ranges.json"
 
+            # Bias correction's input means depend on the float model only: measured once for every trial below.
+            input_means = None
+            if self.bias_correction:
+                from .int8_bias import conv_input_means
+
+                input_means = conv_input_means(proto, data)
+
             def quantize(excluded: list[str]):
                 """The QDQ model with `excluded` nodes in float; calibrates once, then reuses the ranges."""
                 root = logging.getLogger()
@@ -235,10 +242,10 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
                 finally:
                     root.setLevel(level)
                 result = onnx.load(str(dst))
-                if self.bias_correction:
+                if input_means is not None:
                     from .int8_bias import correct_biases
 
-                    self.corrected = correct_biases(proto, result, data)
+                    self.corrected = correct_biases(proto, result, input_means)
                 return result
 
             base = self._resolve_exclude(proto)

@@ -38,13 +38,22 @@ def _dequantized_weight(node, producer, inits):
     return (q - zero) * scale
 
 
-def correct_biases(float_proto, quantized, calibration, samples: int = 32) -> dict[str, float]:
-    """Correct the int32 biases of `quantized` (an ONNX Runtime QDQ ModelProto, changed in place) against
-    `float_proto`, the model it was quantized from, with input means from `calibration` (an array for its only
-    input). Returns {conv name: the largest |shift| taken out, in output units}."""
-    from onnx import helper, numpy_helper
+def conv_input_means(float_proto, calibration, samples: int = 32) -> dict[str, np.ndarray]:
+    """The per-channel mean of every convolution's input in the float model over `calibration` (an array for its
+    only input): what correct_biases needs, measured once however many quantized forms are corrected."""
+    import onnx_ir as ir
 
     from ..calibration import layer_channel_means
+
+    names = list(dict.fromkeys(n.input[0] for n in float_proto.graph.node if n.op_type == "Conv"))
+    return layer_channel_means(ir.from_proto(float_proto), names, calibration[:samples]) if names else {}
+
+
+def correct_biases(float_proto, quantized, means: dict[str, np.ndarray]) -> dict[str, float]:
+    """Correct the int32 biases of `quantized` (an ONNX Runtime QDQ ModelProto, changed in place) against
+    `float_proto`, the model it was quantized from, with its convolutions' input means (conv_input_means).
+    Returns {conv name: the largest |shift| taken out, in output units}."""
+    from onnx import helper, numpy_helper
 
     producer = {o: n for n in quantized.graph.node for o in n.output}
     inits = _initializers(quantized)
@@ -64,11 +73,6 @@ def correct_biases(float_proto, quantized, calibration, samples: int = 32) -> di
         if w_q is None or w_q.shape != w.shape or w.ndim != 4:
             continue
         plans.append((node, source.input[0], w_q - w, bias_dq))
-    if not plans:
-        return {}
-    import onnx_ir as ir
-
-    means = layer_channel_means(ir.from_proto(float_proto), list(dict.fromkeys(p[1] for p in plans)), calibration[:samples])
     corrected = {}
     for node, input_name, error, bias_dq in plans:
         mu = means.get(input_name)
