@@ -269,7 +269,7 @@ def whole_result_within(budget: float):
 def run_options(model_path, output_path, options, *, progress=None, accept=None) -> OptimizeReport:
     """The pipeline `options` (a checked deploykit.options.OptimizeOptions without a recipe) asks for, run
     verified. With an accuracy budget the whole result is held to it against the input unless `accept` is given."""
-    options = _load_calibration_once(model_path, options)
+    options = load_calibration_once(model_path, options)
     if options.budget is not None and accept is None:
         accept = whole_result_within(options.budget)
     from .passes import build_pipeline
@@ -280,7 +280,7 @@ def run_options(model_path, output_path, options, *, progress=None, accept=None)
                         calibration=options.calibration, accept=accept, metric=options.metric)
 
 
-def _load_calibration_once(model_path, options):
+def load_calibration_once(model_path, options):
     """The options with their calibration data read (and bad data refused) before any pass runs, once for every
     pass that uses it."""
     calibration, validate = options.calibration, options.validate

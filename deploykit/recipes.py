@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import storage
 from .errors import BudgetNotHeld, UnreachableBudget, UserInputError, VerificationError, option
-from .pipeline import OptimizeReport, run_options, total_drop, whole_result_within
+from .pipeline import OptimizeReport, load_calibration_once, run_options, total_drop, whole_result_within
 from .options import DEFAULT_ACCURACY_DROP, RECIPES, OptimizeOptions  # noqa: F401  (RECIPES: the recipes here)
 # The time budgets the fast recipe tries, deepest first, until the whole result holds the accuracy budget;
 # None is int8 alone.
@@ -23,6 +23,8 @@ FAST_BOTTLENECKS = ("time=0.5", "time=0.7", "time=0.85", None)
 def run_recipe(model_path, output_path, options: OptimizeOptions, *, progress=None) -> OptimizeReport:
     """Run `options.recipe` (checked by OptimizeOptions.check) on the model; see the module docstring."""
     budget = DEFAULT_ACCURACY_DROP if options.max_accuracy_drop is None else options.max_accuracy_drop
+    # Read once: every try below, the float fallback and the engines' judging use the same arrays.
+    options = load_calibration_once(model_path, options)
     tries = (options.bottleneck,) if options.bottleneck else FAST_BOTTLENECKS
     holds = whole_result_within(budget)
     refusals = []
