@@ -18,7 +18,7 @@ from .feeds import as_numpy as _as_numpy  # noqa: F401
 from .feeds import pretty_shape as _pretty_shape
 from .feeds import validate_feeds
 from .backends.registry import REGISTRY as BACKEND_REGISTRY
-from .storage import DEPLOYMENT_ENGINE_KEY, DEPLOYMENT_PRECISION_KEY
+from .storage import DEPLOYMENT_ENGINE_KEY, DEPLOYMENT_PRECISION_KEY, float_precision
 from .ort_session import OPT_LEVELS as _OPT_LEVELS
 
 # "auto" tries these in order; ONNX Runtime assigns each node to the first provider that can run it.
@@ -30,6 +30,11 @@ _DEPRECATED_ALIASES = {"trt": "tensorrt"}
 # (minutes for a large model); it is used when asked for by name ("tensorrt"), with deploykit's cache.
 _AUTO_ORDER = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 _OPENVINO = BACKEND_REGISTRY["ov-cpu"].engine_names  # not an ORT provider: OpenVINO's own runtime (deploykit.backends.openvino)
+
+
+def runs_in_openvino(path: Path, providers) -> bool:
+    """Whether Engine(path, providers) runs the model in OpenVINO rather than ONNX Runtime."""
+    return path.suffix == ".xml" or (isinstance(providers, str) and providers.lower() in _OPENVINO)
 
 
 def _import_ort():
@@ -107,7 +112,7 @@ class Engine:
         self._session = None
         self._closed = False
         follow_recorded = providers == "auto" and path.suffix == ".onnx" and precision is None
-        openvino = path.suffix == ".xml" or (isinstance(providers, str) and providers.lower() in _OPENVINO)
+        openvino = runs_in_openvino(path, providers)
         if precision is not None and not openvino:
             raise UserInputError("precision= applies to OpenVINO (providers='openvino' or a built .xml): ONNX Runtime "
                                  "runs the model in the precision its graph has")
@@ -174,8 +179,6 @@ class Engine:
             # read from the session's metadata, so no other Engine pays a second read of the model.
             recorded = metadata.get(DEPLOYMENT_PRECISION_KEY)
             self._session = None
-            from .storage import float_precision
-
             self._use_plan(_openvino_runner(path, float_precision(recorded or ""), intra_op_threads))
             return
         check_providers_used(requested, self._session.get_providers(), path.name)

@@ -79,15 +79,15 @@ def _main() -> None:
     source.add_argument("--shape")
     parser.add_argument("--seconds", type=float, default=0.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--level", default="ORT_ENABLE_ALL")
+    from .ort_session import OPT_LEVELS, new_session
+
+    by_ort_name = {full: short for short, full in OPT_LEVELS.items()}  # the flag takes ORT's own level names
+    parser.add_argument("--level", default="ORT_ENABLE_ALL", choices=sorted(by_ort_name))
     args = parser.parse_args()
 
     import numpy as np
 
-    from .ort_session import OPT_LEVELS, new_session
-
-    level = next((short for short, full in OPT_LEVELS.items() if full == args.level), args.level)
-    session = new_session(args.model, optimization=level)
+    session = new_session(args.model, optimization=by_ort_name[args.level])
     if args.feeds:
         feeds = dict(np.load(args.feeds))
     else:

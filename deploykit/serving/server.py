@@ -214,10 +214,9 @@ class Server:
         preferred = sorted({int(b) for b in preferred_batch_sizes})
         max_batch_size = resolve_max_batch(batched, max_batch_size, preferred)
         dynamic = dynamic_batching and max_batch_size > 0
-        from ..backends.registry import REGISTRY
+        from ..runtime import runs_in_openvino
 
-        runs_in_ort = source.suffix == ".onnx" and not (isinstance(providers, str) and
-                                                        providers.lower() in REGISTRY["ov-cpu"].engine_names)
+        runs_in_ort = source.suffix == ".onnx" and not runs_in_openvino(source, providers)
         # Engines first: a model that does not load fails here, with deploykit's own message, before Triton starts.
         self._engines = [Engine(source, providers=providers, intra_op_threads=threads,
                                 session_options=_quiet_session_options() if runs_in_ort else None)
