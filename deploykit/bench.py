@@ -353,15 +353,10 @@ def format_markdown(report: BenchReport) -> str:
 
 def plot(report: BenchReport, path: Path) -> None:
     """Throughput vs batch size per variant, and the latency distribution at the largest batch."""
-    try:
-        import matplotlib
+    from .errors import option
+    from .plotting import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise BackendUnavailableError("--plot needs matplotlib: pip install 'deploykit[plot]'") from None
-    from .storage import atomic_path
-
+    plt = pyplot(option("plot"))
     variants: dict[str, list[Result]] = {}
     for r in report.results:
         variants.setdefault(f"{r.model} / {r.backend}", []).append(r)
@@ -380,6 +375,4 @@ def plot(report: BenchReport, path: Path) -> None:
     ax2.set_ylabel("latency (ms)")
     ax2.set_title("latency distribution, largest batch")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)

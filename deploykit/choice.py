@@ -167,25 +167,18 @@ def write_winner(winner: Candidate, output: Path, inputs=()) -> None:
     from . import storage
 
     model = storage.load_model(winner.path)
-    storage.set_metadata(model, {storage.DEPLOYMENT_ENGINE_KEY.removeprefix(storage.METADATA_PREFIX): winner.engine,
-                            storage.DEPLOYMENT_PRECISION_KEY.removeprefix(storage.METADATA_PREFIX): winner.precision})
+    storage.set_metadata(model, {
+        storage.DEPLOYMENT_ENGINE_KEY.removeprefix(storage.METADATA_PREFIX): winner.engine,
+        storage.DEPLOYMENT_PRECISION_KEY.removeprefix(storage.METADATA_PREFIX): winner.precision})
     storage.save_model(model, output, external_weights=storage.has_external_data(winner.path), inputs=inputs)
 
 
 def plot_candidates(candidates: list[dict], budget: float, path: Path, inputs=()) -> None:
     """Speed against accuracy: each candidate's speed-up over ORT fp32 against the points it costs, the budget
     as a line, the chosen one marked; written atomically as a PNG (the recipe's `--report` beside its JSON)."""
-    try:
-        import matplotlib
+    from .plotting import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        from .errors import BackendUnavailableError
-
-        raise BackendUnavailableError("the recipe's plot needs matplotlib: pip install 'deploykit[plot]'") from None
-    from .storage import atomic_path
-
+    plt = pyplot("the recipe's plot")
     measured = [c for c in candidates if c.get("drop") is not None and c.get("speedup")]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for c in measured:
@@ -200,6 +193,4 @@ def plot_candidates(candidates: list[dict], budget: float, path: Path, inputs=()
     ax.set_title("--recipe fast: the candidates")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path, inputs) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path, inputs)
