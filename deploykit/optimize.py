@@ -33,10 +33,7 @@ def optimize_model(model_path: str | Path, output_path: str | Path | None = None
     """
     from .metrics import parse_metric
 
-    if options is None:
-        options = OptimizeOptions.from_keywords(**keywords)
-    elif keywords:
-        options = options.replace(**keywords)
+    options = OptimizeOptions.of(options, **keywords)
     options = options.replace(metric=parse_metric(options.metric))
     options.check()
     if options.recipe is not None:

@@ -62,6 +62,13 @@ class OptimizeOptions:
             raise UserInputError(f"unknown optimize option(s) {', '.join(unknown)}: choose from {', '.join(sorted(known))}")
         return cls(**keywords)
 
+    @classmethod
+    def of(cls, options: OptimizeOptions | None = None, **keywords) -> OptimizeOptions:
+        """What an API call asked for: `options`, its fields given as keywords instead, or keywords on top of it."""
+        if options is None:
+            return cls.from_keywords(**keywords)
+        return options.replace(**keywords) if keywords else options
+
     def replace(self, **changes) -> OptimizeOptions:
         return dataclasses.replace(self, **changes)
 

@@ -64,10 +64,7 @@ def build_pipeline(options=None, **keywords) -> list[GraphPass]:
     """
     from ..options import OptimizeOptions
 
-    if options is None:
-        options = OptimizeOptions.from_keywords(**keywords)
-    elif keywords:
-        options = options.replace(**keywords)
+    options = OptimizeOptions.of(options, **keywords)
     options.check()
     budget = options.accuracy_budget()  # one budget for the whole pipeline, shared by the passes that spend it
     passes = [cls.from_options(options, budget=budget) for cls in REGISTRY.values()]
