@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ...options import CALIBRATION_METHODS, RECIPES, TARGETS
+from ...options import CALIBRATION_METHODS, DEFAULT_TOLERANCE, RECIPES, TARGETS
 from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, write_report
 
 
@@ -57,34 +57,27 @@ from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, wri
               help="fast: fold + a low-rank bottleneck under a measured time budget + int8, the whole result held to "
                    "--max-accuracy-drop (default 1 point) against the input; needs --calibration")
 @shape_option("input shape for verification (default: the one recorded at export)")
-@click.option("--tolerance", type=FiniteFloat(min=0), default=1e-4,
+@click.option("--tolerance", type=FiniteFloat(min=0), default=DEFAULT_TOLERANCE,
               help="max relative deviation (max|diff| / max|reference|) of an exact pass")
 @click.option("--max-error", type=FiniteFloat(min=0), default=None,
               help="fail when an approximating pass deviates more than this (relative)  [default: no limit]")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="also write the report as JSON (with --recipe, and its speed-vs-accuracy plot beside it as .png)")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="also write the report as JSON (with --recipe, and its speed-vs-accuracy plot beside it as .png)")
 @json_option("the report")
-def optimize(model, output, fold, fuse, fc_to_conv, bottleneck, bottleneck_layers, fp16, fp16_io, int8,
-             calibration, validate, max_accuracy_drop, metric, int8_exclude, int8_quantize_tail, int8_bias_correction, calibration_method,
-             target, ort_layout,
-             recipe, input_shape, tolerance, max_error, report_path, as_json):
+def optimize(model, output, bottleneck_layers, report_path, as_json, **fields):
     """Run verified graph passes over an ONNX model (default: cleanup, fold, fuse)."""
+    # Every other flag is named as the OptimizeOptions field it sets: the options object is not restated here.
     from ...storage import check_output_path, model_files
     from ...optimize import optimize_model
     from ...options import OptimizeOptions
 
-    plot_path = str(Path(report_path).with_suffix(".png")) if report_path and recipe else None
+    plot_path = str(Path(report_path).with_suffix(".png")) if report_path and fields["recipe"] else None
     if report_path:
         check_output_path(report_path, model_files(model) + [output])
     if plot_path:
         check_output_path(plot_path, model_files(model) + [output, report_path])
     layers = tuple(n.strip() for n in bottleneck_layers.split(",")) if bottleneck_layers else None
-    options = OptimizeOptions(fold=fold, fuse=fuse, target=target, fc_to_conv=fc_to_conv, bottleneck=bottleneck,
-                              bottleneck_layers=layers, fp16=fp16, fp16_io=fp16_io, int8=int8, calibration=calibration,
-                              calibration_method=calibration_method, int8_exclude=int8_exclude,
-                              int8_quantize_tail=int8_quantize_tail, int8_bias_correction=int8_bias_correction,
-                              ort_layout=ort_layout, validate=validate,
-                              max_accuracy_drop=max_accuracy_drop, metric=metric, recipe=recipe,
-                              input_shape=input_shape, tolerance=tolerance, max_error=max_error)
+    options = OptimizeOptions(bottleneck_layers=layers, **fields)
     report = optimize_model(model, output, options, progress=lambda name: click.echo(f"running {name} ...", err=True))
     if report_path:
         write_report(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
