@@ -150,17 +150,30 @@ def layer_peaks(model, value_names: list[str], data, batch: int = 4) -> dict[str
     return peaks
 
 
+def _per_channel(model, value_names: list[str], data, batch: int):
+    """Each named (N, C, ...) float tensor as (C, everything else) float64, batch by batch, with its name."""
+    session = _intermediate_session(model, value_names)
+    for feeds in _batches(session, data, batch):
+        for n, o in zip(value_names, session.run(value_names, feeds)):
+            if o.dtype.kind == "f" and o.ndim >= 2 and o.size:
+                yield n, np.moveaxis(o, 1, 0).reshape(o.shape[1], -1).astype(np.float64)
+
+
 def layer_channel_means(model, value_names: list[str], data, batch: int = 4) -> dict[str, np.ndarray]:
     """The mean of each named (N, C, ...) float tensor per channel (axis 1) over `data`, kept as running sums:
     memory stays that of one small batch's intermediate tensors."""
-    session = _intermediate_session(model, value_names)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for feeds in _batches(session, data, batch):
-        for n, o in zip(value_names, session.run(value_names, feeds)):
-            if o.dtype.kind != "f" or o.ndim < 2 or not o.size:
-                continue
-            per_channel = np.moveaxis(o, 1, 0).reshape(o.shape[1], -1).astype(np.float64)
-            sums[n] = sums.get(n, 0.0) + per_channel.sum(axis=1)
-            counts[n] = counts.get(n, 0) + per_channel.shape[1]
+    for n, per_channel in _per_channel(model, value_names, data, batch):
+        sums[n] = sums.get(n, 0.0) + per_channel.sum(axis=1)
+        counts[n] = counts.get(n, 0) + per_channel.shape[1]
     return {n: sums[n] / counts[n] for n in sums}
+
+
+def layer_channel_ranges(model, value_names: list[str], data, batch: int = 4) -> dict[str, np.ndarray]:
+    """max |value| of each named (N, C, ...) float tensor per channel (axis 1) over `data`, a running maximum."""
+    peaks: dict[str, np.ndarray] = {}
+    for n, per_channel in _per_channel(model, value_names, data, batch):
+        peak = np.abs(per_channel).max(axis=1)
+        peaks[n] = np.maximum(peaks[n], peak) if n in peaks else peak
+    return peaks

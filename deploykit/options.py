@@ -38,6 +38,7 @@ class OptimizeOptions:
     int8_exclude: tuple[str, ...] = ()
     int8_quantize_tail: bool = False
     int8_bias_correction: bool = False
+    int8_equalize: bool = False
     ort_layout: bool = False
     validate: Any = None
     max_accuracy_drop: float | None = None
@@ -98,7 +99,8 @@ class OptimizeOptions:
                                  f"{o('bottleneck')} (data-aware ranks): add one of them or drop {o('calibration')}")
         for name, value in (("calibration-method", self.calibration_method is not None),
                             ("int8-quantize-tail", self.int8_quantize_tail), ("int8-exclude", bool(self.int8_exclude)),
-                            ("int8-bias-correction", self.int8_bias_correction)):
+                            ("int8-bias-correction", self.int8_bias_correction),
+                            ("int8-equalize", self.int8_equalize)):
             if value and not self.int8:
                 raise UserInputError(f"{o(name)} only applies with {o('int8')}: add {o('int8')} or drop it")
         if self.max_accuracy_drop is not None and not (self.int8 or self.bottleneck):

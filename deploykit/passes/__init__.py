@@ -34,7 +34,7 @@ REGISTRY: dict[str, type] = {
     "ort-layout": OrtLayoutPass,
 }
 OPTIONS = {"cleanup": "(always)", "fold": "--fold/--no-fold (on)", "fc-to-conv": "--fc-to-conv",
-           "bottleneck": "--bottleneck SPEC", "fp16": "--fp16", "int8": "--int8 --calibration DATA [--int8-bias-correction]",
+           "bottleneck": "--bottleneck SPEC", "fp16": "--fp16", "int8": "--int8 --calibration DATA [--int8-equalize] [--int8-bias-correction]",
            "fuse": "--fuse/--no-fuse (on)", "ort-layout": "--ort-layout"}
 
 

@@ -82,7 +82,7 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
         return cls(options.calibration, target="ort" if options.target == "openvino" else options.target,
                    method=options.calibration_method or "minmax", exclude=options.int8_exclude,
                    budget=budget, keep_tail_float=not options.int8_quantize_tail,
-                   bias_correction=options.int8_bias_correction)
+                   bias_correction=options.int8_bias_correction, equalize=options.int8_equalize)
 
     def requires(self, model: ir.Model) -> None:
         """An already quantized model is refused: ORT's quantizer fails inside on its scales, and what is
@@ -97,7 +97,7 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
 
     def __init__(self, calibration, target: str = "ort", method: str = "minmax", input_shape=None,
                  exclude=(), budget=None, keep_tail_float: bool = True,
-                 bias_correction: bool = False) -> None:
+                 bias_correction: bool = False, equalize: bool = False) -> None:
         super().__init__()
         # A detector's decoding (box/score concatenation, DFL softmax, grid arithmetic) and a classifier's final
         # softmax gain nothing in int8 and lose the precision their outputs need: float unless asked.
@@ -105,6 +105,9 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
         # Take the shift int8 weights put on each output channel out of its bias (deploykit.passes.int8_bias).
         self.bias_correction = bias_correction
         self.corrected: dict[str, float] = {}
+        # Balance the channels of each Conv -> ReLU -> Conv activation first (deploykit.passes.int8_equalize).
+        self.equalize = equalize
+        self.equalized: dict[str, float] = {}
         # Node names or op types kept in float from the start (--int8-exclude); the budget search adds to them.
         self.exclude = tuple(exclude)
         # The pipeline's AccuracyBudget (None: no budget), in points of accuracy (labelled data) or of top-1
@@ -204,6 +207,11 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
                                      f"{node.op_type}_{i}{s}" not in taken)
                     taken.add(node.name)
             _lift_constants(proto)
+            if self.equalize:
+                from .int8_equalize import equalize
+
+                # Exact in float: the budget search and bias correction below take this model as the reference.
+                self.equalized = equalize(proto, data)
             onnx.save_model(proto, str(src), save_as_external_data=proto.ByteSize() > 2**31 - 1)
             cache = Path(tmp) / "ranges.json"
 
@@ -266,6 +274,12 @@ class QuantizeInt8Pass(Int8BudgetSearch, RebuildPass):
         act = "uint8 (asymmetric) activations, for ONNX Runtime on the CPU" if ort_target else \
             "symmetric int8 activations, for TensorRT"
         self.note(f"QDQ, per-channel int8 weights, {act}; calibration: {len(data)} sample(s), {self.method}")
+        if self.equalize:
+            spread = sorted(self.equalized.values())
+            self.note(f"cross-layer equalisation: {len(spread)} Conv -> ReLU -> Conv pair(s) rescaled (exact in float)"
+                      + (f"; the spread of channel ranges in the tensor between them fell to a median "
+                         f"{spread[len(spread) // 2]:.2g}x of what it was" if spread else
+                         "; none found (pairs across ReLU6, HardSwish or SiLU are not scale-equivariant)"))
         if self.bias_correction:
             worst = max(self.corrected.values(), default=0.0)
             self.note(f"bias correction: {len(self.corrected)} convolution(s) had the mean shift of their int8 "

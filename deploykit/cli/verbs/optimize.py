@@ -46,6 +46,9 @@ from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, wri
 @click.option("--int8-bias-correction", is_flag=True,
               help="with --int8: take the mean shift int8 weights put on each output channel out of its bias "
                    "(measured on the calibration data; Nagel et al. 2019)")
+@click.option("--int8-equalize", is_flag=True,
+              help="with --int8: first rescale the channels of each Conv -> ReLU -> Conv pair, exactly in float, so "
+                   "that the activation between them quantizes with less error (cross-layer equalisation)")
 @click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default=None,
               help="with --int8: how activation ranges are chosen  [default: minmax]")
 @click.option("--target", type=click.Choice(TARGETS), default="ort",
