@@ -3,8 +3,9 @@
 `--recipe fast` ends here. The candidates are the input in ONNX Runtime (fp32), the input in OpenVINO
 (f32, and bf16 where the CPU has native bf16 kernels), the recipe's int8 model in each engine, and, where
 the CPU has native bf16, that int8 model in OpenVINO with its float layers (those the budget kept out of
-int8, the decoding tail) in bf16 rather than f32 ("int8+bf16"). Each
-is judged where it runs, in the engine and at the precision it will run at, in the points of the
+int8, the decoding tail) in bf16 rather than f32 ("int8+bf16"). Where the recipe's low-rank bottleneck
+held the budget, the bottlenecked float model is a candidate in each float engine and precision too: the
+bottleneck where it pays, without int8. Each is judged where it runs, in the engine and at the precision it will run at, in the points of the
 budget's metric, against the input in ONNX Runtime; each is timed at batch 1 in a fresh process, the
 candidates taking turns round by round. Among those that hold the budget the fastest wins; one within
 TIE of it is a tie, and a tie goes to the more accurate. The winner is written with its engine and
@@ -31,10 +32,11 @@ class Candidate:
     latency_ms: float | None = None  # median at batch 1
     speedup: float | None = None     # over the input in ORT fp32, measured in the same rounds
     verdict: str = ""                # "chosen", or why it lost
+    form: str = ""                   # what was done to the float model first, e.g. "bottleneck time=0.7"
 
     @property
     def label(self) -> str:
-        return f"{self.engine} {self.precision}"
+        return f"{self.engine} {self.precision}" + (f" ({self.form})" if self.form else "")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "label": self.label}
@@ -67,8 +69,10 @@ def choose(candidates: list[Candidate], budget: float, tie: float = TIE) -> Cand
     return winner
 
 
-def candidates_for(source: Path, int8_model: Path | None) -> tuple[list[Candidate], list[str]]:
-    """The candidates this machine can run, and what is left out and why."""
+def candidates_for(source: Path, int8_model: Path | None,
+                   bottlenecked: tuple[Path, str] | None = None) -> tuple[list[Candidate], list[str]]:
+    """The candidates this machine can run, and what is left out and why. `bottlenecked`: (the float model
+    with the recipe's bottleneck, its spec), tried in every float engine and precision the source is."""
     from .backends import get_backend
     from .machine import has_native_bf16
 
@@ -86,6 +90,9 @@ def candidates_for(source: Path, int8_model: Path | None) -> tuple[list[Candidat
             skipped.append("ov-cpu bf16 (this CPU has no native bf16)")
     else:
         skipped.append("ov-cpu (pip install 'deploykit[openvino]')")
+    if bottlenecked is not None:
+        path, spec = bottlenecked
+        found += [Candidate(c.engine, c.precision, str(path), form=f"bottleneck {spec}") for c in list(found)]
     if int8_model is not None:
         found.append(Candidate("ort-cpu", "int8", str(int8_model)))
         if any(c.engine == "ov-cpu" for c in found):
@@ -156,7 +163,7 @@ def time_side_by_side(candidates: list[Candidate], input_shape, rounds: int = 3,
             by_label[label].verdict = f"cannot run here: {failed.get(label, 'no timing')}"
         else:
             by_label[label].latency_ms = 1e3 * median(values)
-    reference = next((c for c in candidates if c.engine == "ort-cpu" and c.precision == "fp32"), None)
+    reference = next((c for c in candidates if c.engine == "ort-cpu" and c.precision == "fp32" and not c.form), None)
     for c in candidates:
         if c.latency_ms and reference is not None and reference.latency_ms:
             c.speedup = reference.latency_ms / c.latency_ms

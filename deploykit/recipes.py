@@ -3,12 +3,15 @@
 `fast` stacks what pays on the CPU: fold, a low-rank bottleneck under a measured time budget, and int8
 under the accuracy budget, in a graph both ONNX Runtime and OpenVINO run; the budget (1 point by default)
 holds for the whole result against the input: the bottleneck is tried at time=0.5, then milder budgets,
-then left out, until it does. Then every engine and precision the machine offers is judged in the engine
-that runs it and timed side by side (deploykit.choice), and the fastest that holds the budget is written.
+then left out, until it does. Where a bottleneck held, the float model with that bottleneck alone is built
+too (judged against the same budget), for the float engines: in bf16 or f32 it can beat every int8 form.
+Then every engine and precision the machine offers is judged in the engine that runs it and timed side by
+side (deploykit.choice), and the fastest that holds the budget is written.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from . import storage
@@ -58,13 +61,37 @@ def run_recipe(model_path, output_path, options: OptimizeOptions, *, progress=No
         report.recipe = {"name": options.recipe, "bottleneck": None, "accuracy_budget": budget, "drop": None,
                          "refused": refusals}
     if output_path is not None:
-        if progress:
-            progress("recipe fast: judging and timing each engine and precision side by side")
-        report.recipe.update(choose_deployment(model_path, int8_model, output_path, options, budget))
+        spec = report.recipe["bottleneck"]
+        # Beside the output, so that nothing is written outside where the user asked; removed when chosen.
+        with tempfile.TemporaryDirectory(prefix=".deploykit-", dir=Path(output_path).parent) as folder:
+            bottlenecked, refused = (bottleneck_alone(model_path, Path(folder), options, spec, budget, progress)
+                                     if spec else (None, None))
+            if progress:
+                progress("recipe fast: judging and timing each engine and precision side by side")
+            report.recipe.update(choose_deployment(model_path, int8_model, output_path, options, budget,
+                                                   bottlenecked=bottlenecked))
+            if refused:
+                report.recipe["not_compared"].append(refused)
     return report
 
 
-def choose_deployment(source, int8_model, output, options: OptimizeOptions, budget: float) -> dict:
+def bottleneck_alone(model_path, folder: Path, options: OptimizeOptions, spec: str, budget: float, progress=None):
+    """((the input with bottleneck `spec` and no int8, spec), None), or (None, why not) when it does not hold."""
+    if progress:
+        progress(f"recipe fast: bottleneck {spec} alone, for the float engines")
+    step = options.replace(recipe=None, fuse=False, target="openvino", bottleneck=spec, int8=False,
+                           max_accuracy_drop=budget)
+    path = folder / "bottleneck.onnx"
+    try:
+        step.check()
+        run_options(model_path, path, step, progress=progress, accept=whole_result_within(budget))
+    except (BudgetNotHeld, UnreachableBudget, VerificationError) as exc:
+        return None, f"bottleneck {spec} alone in float: {str(exc).removesuffix('; nothing was written')}"
+    return (path, spec), None
+
+
+def choose_deployment(source, int8_model, output, options: OptimizeOptions, budget: float,
+                      bottlenecked: tuple[Path, str] | None = None) -> dict:
     """deploykit.choice over this recipe's candidates: the winner is written at `output`; the table returned."""
     from .choice import candidates_for, choose, judge_in_engine, time_side_by_side, write_winner
     from .signature import read_signature
@@ -79,7 +106,7 @@ def choose_deployment(source, int8_model, output, options: OptimizeOptions, budg
         raise UserInputError(f"{option('recipe')} fast judges each engine by a task metric, and this model's first "
                              f"output has no class axis: give {option('metric')} (detection, ctc, mask-iou or "
                              "PATH.py:FUNCTION)")
-    candidates, skipped = candidates_for(Path(source), Path(int8_model) if int8_model else None)
+    candidates, skipped = candidates_for(Path(source), Path(int8_model) if int8_model else None, bottlenecked)
     judge_in_engine(candidates, judge)
     time_side_by_side(candidates, options.input_shape)
     winner = choose(candidates, budget)

@@ -124,6 +124,32 @@ def test_max_error_fails_an_approximating_pass(cli, exported, tmp_path):
     assert not (tmp_path / "b.onnx").exists()
 
 
+def test_recipe_fast_offers_a_bottleneck_that_holds_to_the_float_engines_alone(exported, tmp_path, cli):
+    """Where the bottleneck holds the budget, the bottlenecked float model (no int8) is judged and timed in every
+    float engine and precision too: the bottleneck where it pays, as its own candidates."""
+    import json
+
+    import onnx
+
+    path, _ = exported("digits")
+    out = tmp_path / "fast.onnx"
+    result = cli("optimize", path, "-o", out, "--recipe", "fast", "--bottleneck", "macs=0.3", "--calibration", "digits",
+                 "--validate", "digits", "--max-accuracy-drop", "1", "--json")
+    assert result.code == 0, result.err
+    recipe = json.loads(result.out)["recipe"]
+    assert recipe["bottleneck"] == "macs=0.3"
+    rows = {c["label"]: c for c in recipe["candidates"] if c["form"] == "bottleneck macs=0.3"}
+    assert "ort-cpu fp32 (bottleneck macs=0.3)" in rows
+    assert all(c["drop"] is not None and c["latency_ms"] and c["verdict"] for c in rows.values())
+    untouched = next(c for c in recipe["candidates"] if c["label"] == "ort-cpu fp32")
+    assert untouched["speedup"] == 1.0 and untouched["drop"] == 0.0  # the reference stays the untouched input
+    chosen = next(c for c in recipe["candidates"] if c["verdict"] == "chosen")
+    linear = lambda p: sum(n.op_type in ("Conv", "Gemm", "MatMul") for n in onnx.load(str(p)).graph.node)  # noqa
+    if chosen["form"]:  # a factorised layer is two linear layers: the written file is the bottlenecked one
+        assert linear(out) > linear(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["fast.onnx"]  # its temporary folder is gone
+
+
 def test_recipe_fast_holds_the_budget_on_real_digits(exported, tmp_path, cli):
     """The whole stacked result, judged here on the digits test set against the float model's accuracy."""
     from deploykit import Engine
