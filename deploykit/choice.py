@@ -8,7 +8,9 @@ held the budget, the bottlenecked float model is a candidate in each float engin
 bottleneck where it pays, without int8. Each is judged where it runs, in the engine and at the precision it will run at, in the points of the
 budget's metric, against the input in ONNX Runtime; each is timed at batch 1 in a fresh process, the
 candidates taking turns round by round. Among those that hold the budget the fastest wins; one within
-TIE of it is a tie, and a tie goes to the more accurate. The winner is written with its engine and
+TIE of it is a tie, and a tie goes to the more accurate: the smaller drop, and at equal drops (a few
+hundred validation inputs often cannot tell f32 from bf16) the outputs nearer the input's (max relative
+deviation, deploykit.verify), so that noise in the timing does not flip the choice. The winner is written with its engine and
 precision recorded in its metadata, so `Engine(OUT)` runs it that way.
 """
 
@@ -29,6 +31,7 @@ class Candidate:
     precision: str   # fp32 (ORT), f32 / bf16 (OpenVINO), int8, int8+bf16 (OpenVINO: float layers in bf16)
     path: str
     drop: float | None = None        # points of the metric lost against the input in ORT
+    deviation: float | None = None   # max relative deviation of its outputs from the input's in ORT
     latency_ms: float | None = None  # median at batch 1
     speedup: float | None = None     # over the input in ORT fp32, measured in the same rounds
     verdict: str = ""                # "chosen", or why it lost
@@ -56,17 +59,25 @@ def choose(candidates: list[Candidate], budget: float, tie: float = TIE) -> Cand
         raise DeploykitError("no candidate holds the accuracy budget, not even the input in ONNX Runtime")
     fastest = min(holding, key=lambda c: c.latency_ms)
     tied = [c for c in holding if c.latency_ms <= fastest.latency_ms * (1 + tie)]
-    winner = min(tied, key=lambda c: (c.drop, c.latency_ms))
+    winner = min(tied, key=lambda c: (c.drop, _deviation(c), c.latency_ms))
     for c in holding:
         if c is winner:
             c.verdict = "chosen"
         elif c in tied:
-            c.verdict = (f"as fast within {tie:.0%} (a tie), and {c.drop - winner.drop:.2f} points less accurate"
-                         if c.drop > winner.drop else f"a tie within {tie:.0%}, {c.latency_ms / winner.latency_ms:.2f}x "
-                         "the winner's latency")
+            if c.drop > winner.drop:
+                c.verdict = f"as fast within {tie:.0%} (a tie), and {c.drop - winner.drop:.2f} points less accurate"
+            elif _deviation(c) > _deviation(winner):
+                c.verdict = (f"as fast within {tie:.0%} (a tie), as accurate, and further from the input's outputs "
+                             f"(max rel deviation {_deviation(c):.1e} against {_deviation(winner):.1e})")
+            else:
+                c.verdict = f"a tie within {tie:.0%}, {c.latency_ms / winner.latency_ms:.2f}x the winner's latency"
         else:
             c.verdict = f"{c.latency_ms / winner.latency_ms:.2f}x slower than {winner.label}"
     return winner
+
+
+def _deviation(c: Candidate) -> float:
+    return float("inf") if c.deviation is None else c.deviation
 
 
 def candidates_for(source: Path, int8_model: Path | None,
@@ -128,8 +139,19 @@ def judge_in_engine(candidates: list[Candidate], judge) -> None:
             outputs = run_batched(engine, feeds)
             engine.close()
             c.drop = judge.baseline - judge.score_outputs(outputs)
+            c.deviation = _max_deviation(judge.reference_outputs, outputs)
         except DeploykitError as exc:
             c.verdict = f"cannot run here: {exc}"
+
+
+def _max_deviation(reference, outputs) -> float | None:
+    """The largest max relative deviation over the outputs (deploykit.verify); None where shapes differ."""
+    from .verify import compare, worst
+
+    try:
+        return worst(compare([str(i) for i in range(len(reference))], reference, outputs)).max_rel
+    except ValueError:
+        return None
 
 
 def time_side_by_side(candidates: list[Candidate], input_shape, rounds: int = 3, seconds: float = 0.3) -> None:

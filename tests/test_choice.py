@@ -45,6 +45,49 @@ def test_a_tie_inside_the_noise_goes_to_the_more_accurate():
     assert "a tie" in found[2].verdict and "0.90 points less accurate" in found[2].verdict
 
 
+def test_at_equal_drops_a_tie_goes_to_the_outputs_nearer_the_inputs():
+    # f32 and bf16 both lose nothing on the validation set and time 3% apart: the timing noise must not decide.
+    found = [Candidate("ort-cpu", "fp32", "a.onnx", drop=0.0, deviation=0.0, latency_ms=10.0),
+             Candidate("ov-cpu", "bf16", "a.onnx", drop=0.0, deviation=2e-2, latency_ms=5.0),
+             Candidate("ov-cpu", "f32", "a.onnx", drop=0.0, deviation=3e-6, latency_ms=5.15)]
+    winner = choose(found, budget=1.0)
+    assert winner.label == "ov-cpu f32"
+    assert "further from the input's outputs" in found[1].verdict and "2.0e-02 against 3.0e-06" in found[1].verdict
+    # Outside the tie the faster one wins whatever its deviation.
+    found[2].latency_ms = 6.0
+    assert choose(found, budget=1.0).label == "ov-cpu bf16"
+
+
+def test_judging_measures_each_candidates_deviation_from_the_input_in_onnx_runtime(exported, tmp_path):
+    """The deviation is computed in the candidate's own engine against the input's outputs in ORT: checked here
+    against two plain onnxruntime sessions and numpy."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from deploykit.choice import judge_in_engine
+    from deploykit.optimize import optimize_model
+    from deploykit.signature import read_signature
+    from deploykit.storage import load_model
+    from deploykit.validation import AccuracyJudge, load_validation
+
+    path, _ = exported("digits")
+    int8 = tmp_path / "int8.onnx"
+    optimize_model(path, int8, int8=True, calibration="digits")
+    signature = read_signature(load_model(path, load_weights=False))
+    validation = load_validation("digits", signature, signature.resolve(None))
+    found = [Candidate("ort-cpu", "fp32", str(path)), Candidate("ort-cpu", "int8", str(int8))]
+    judge_in_engine(found, AccuracyJudge(str(path), validation))
+
+    def outputs(model):
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        return session.run(None, validation.feeds)[0].astype(np.float64)
+
+    reference, quantized = outputs(path), outputs(int8)
+    expected = np.abs(quantized - reference).max() / max(np.abs(reference).max(), 1e-2)
+    assert found[0].deviation < 1e-6
+    assert found[1].deviation == pytest.approx(expected, rel=1e-3) and expected > 1e-4
+
+
 def test_untimed_or_unjudged_candidates_are_never_chosen():
     found = [Candidate("ort-cpu", "fp32", "a.onnx", drop=0.0, latency_ms=10.0),
              Candidate("ov-cpu", "bf16", "a.onnx", drop=None, latency_ms=1.0, verdict="cannot run here: no plugin"),

@@ -120,12 +120,14 @@ def optimize(model, output, bottleneck_layers, report_path, as_json, **fields):
             click.echo(f"    candidates, judged in the engine that runs them ({r['metric']}) and timed side by side "
                        "at batch 1:")
             width = max(18, *(len(c["label"]) for c in r["candidates"]))
-            click.echo(f"      {'candidate':<{width}} {'drop':>7} {'latency':>9} {'vs ORT fp32':>11}  verdict")
+            click.echo(f"      {'candidate':<{width}} {'drop':>7} {'max rel dev':>11} {'latency':>9} {'vs ORT fp32':>11}"
+                       "  verdict")
             for c in r["candidates"]:
                 drop = "-" if c["drop"] is None else f"{c['drop']:.2f}"
+                deviation = "-" if c.get("deviation") is None else f"{c['deviation']:.1e}"
                 ms = "-" if c["latency_ms"] is None else f"{c['latency_ms']:.2f} ms"
                 speed = "-" if c["speedup"] is None else f"{c['speedup']:.2f}x"
-                click.echo(f"      {c['label']:<{width}} {drop:>7} {ms:>9} {speed:>11}  {c['verdict']}")
+                click.echo(f"      {c['label']:<{width}} {drop:>7} {deviation:>11} {ms:>9} {speed:>11}  {c['verdict']}")
             for name in r.get("not_compared", []):
                 click.echo(f"    not compared: {name}")
             from ...storage import float_precision
