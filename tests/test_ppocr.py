@@ -94,7 +94,11 @@ def held_out_pages(count: int, seed: int = 7):
 def line_agreement(models: dict, pages, originals) -> tuple[int, int, int]:
     """(lines identical, lines identical once whitespace is removed, lines) of rapidocr with `models`
     ({'det': path, 'cls': ..., 'rec': ...}) against the float pipeline's `originals` on `pages`."""
-    read = _reader(models["det"], models["cls"], models["rec"])
+    return agreement_of(_reader(models["det"], models["cls"], models["rec"]), pages, originals)
+
+
+def agreement_of(read, pages, originals) -> tuple[int, int, int]:
+    """line_agreement for any reader: `read(page)` -> the page's lines."""
     same = same_words = total = 0
     for page, original in zip(pages, originals):
         got = read(page)
