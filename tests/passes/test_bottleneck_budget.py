@@ -110,3 +110,79 @@ def test_a_budget_only_the_unchanged_model_holds_is_refused_not_reported_as_done
                  "--max-accuracy-drop", "0")
     assert result.code == 3 and "only the unchanged model holds the budget" in result.err
     assert not out.exists()
+
+
+def _three_wide_convs(path, rank=40):
+    """Three 64->64 3x3 convs with ReLUs, pooled to 64 scores. Each weight has `rank` equal singular values and
+    the rest 1% of them: below that rank top-1 agreement breaks, at it the layers are all but exact, so the
+    accuracy budget raises any lower ranks to about it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, source = [], [], "x"
+    spectrum = np.where(np.arange(64) < rank, 1.0, 0.001) / np.sqrt(rank)
+    for i in range(3):
+        u, _ = np.linalg.qr(rng.standard_normal((64 * 9, 64)))
+        v, _ = np.linalg.qr(rng.standard_normal((64, 64)))
+        # The pass's layout: rows (output channel, kernel row, kernel column), columns input channels.
+        weight = ((u * spectrum) @ v.T).reshape(64, 3, 3, 64).transpose(0, 3, 1, 2) * 3
+        inits.append(numpy_helper.from_array(weight.astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("Conv", [source, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1] * 4),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        source = f"r{i}"
+    nodes += [helper.make_node("GlobalAveragePool", [source], ["p"], name="pool"),
+              helper.make_node("Flatten", ["p"], ["scores"], name="flat")]
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64, 28, 28])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 64])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    validation = path.with_suffix(".npy")
+    # Each sample's own channel offsets decide its class (pure noise pools to the same scores for every sample).
+    offsets = 2 * rng.standard_normal((64, 64, 1, 1))
+    np.save(validation, (rng.standard_normal((64, 64, 28, 28)) + offsets).astype(np.float32))
+    return path, validation
+
+
+def test_a_time_budget_is_not_kept_by_ranks_raised_past_it(tmp_path, monkeypatch):
+    """time=F under an accuracy budget: the ranks raised to hold accuracy are timed again, and a raise that runs
+    well over F is refused instead of written as time=F. The whole-model timer is injected (latency taken as
+    proportional to MACs, counted by inspect) so that the check's logic does not ride on this machine's noise:
+    time=0.5 then means about rank 29 of the 3x3 layers' break-even 57.6, the budget needs rank 40 (the
+    weights' own rank), and that runs in at least 40/57.6 = 0.69 of the time."""
+    import re
+
+    import onnx
+    import onnx_ir as ir
+
+    from deploykit.analysis import inspect_model
+    from deploykit.model_timing import ModelTimer
+    from deploykit.passes.bottleneck import BottleneckPass
+    from deploykit.passes.bottleneck.layers import RAISED_TIME_SLACK
+
+    class MacsTimer(ModelTimer):
+        def ratio(self, candidate):
+            source = inspect_model(onnx.load(str(self._source))).totals.macs
+            return inspect_model(ir.to_proto(candidate)).totals.macs / source
+
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(BottleneckPass, "model_timer", MacsTimer)
+    path, validation = _three_wide_convs(tmp_path / "wide.onnx")
+    out = tmp_path / "out.onnx"
+    with pytest.raises(VerificationError, match="in its time") as refused:
+        optimize_model(path, out, bottleneck="time=0.5", validate=str(validation), max_accuracy_drop=1.0,
+                       input_shape=(1, 64, 28, 28))
+    found = re.search(r"run in (\d\.\d\d) of the measured time, over (\d\.\d\d)", str(refused.value))
+    assert float(found.group(1)) >= 0.69 and float(found.group(2)) < 0.5 + RAISED_TIME_SLACK + 0.06
+    assert not out.exists()
+    # A time budget the weights' rank fits in is kept, and the written model runs (by the same timer) in it.
+    report = optimize_model(path, out, bottleneck="time=0.8", validate=str(validation), max_accuracy_drop=1.0,
+                            input_shape=(1, 64, 28, 28))
+    notes = " ".join(next(p for p in report.passes if p.name == "bottleneck").notes)
+    chosen = float(re.search(r"the chosen ranks run in (\d\.\d\d) of it", notes).group(1))
+    written = inspect_model(out).totals.macs / inspect_model(path).totals.macs
+    if "raised every rank" in notes:
+        kept = float(re.search(r"the raised ranks run in (\d\.\d\d) of the measured time", notes).group(1))
+        assert kept == pytest.approx(written, abs=0.006) and kept <= max(0.8, chosen) + RAISED_TIME_SLACK
+    else:
+        assert written == pytest.approx(chosen, abs=0.006)
+    assert written < 1.0

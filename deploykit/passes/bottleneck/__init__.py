@@ -26,6 +26,8 @@ the validation set; where they cost more than the pass's share of the budget eve
 part of the way to its layer's break-even rank (the point where factorising stops saving MACs), the
 smallest raise that holds found by bisection over RAISE_STEPS steps, about log2(8) + 1 validation
 runs. When only leaving the model as it is would hold, the pass refuses: the budget cannot be met.
+Under time=F the raised ranks are timed again, and refused where they miss F by more than
+RAISED_TIME_SLACK: ranks raised near break-even can run slower than the layers left whole.
 
 Thin convolutions run below the machine's efficiency, so MACs overstate what a cut buys, most of
 all at ranks that are not a multiple of the CPU's channel block (16 with AVX-512, 8 with AVX2),

@@ -6,7 +6,7 @@ import math
 
 import onnx_ir as ir
 
-from .layers import Layer, RAISED_KEEP, RAISE_STEPS
+from .layers import Layer, RAISED_KEEP, RAISED_TIME_SLACK, RAISE_STEPS
 
 
 class BudgetHold:
@@ -69,6 +69,8 @@ class BudgetHold:
                     f"{drops.get(hi - 1, drops[0]):.2f}; only the unchanged model holds the budget: ask for a larger "
                     "--max-accuracy-drop or drop --bottleneck; nothing was written")
             self.raised = hi
+            if self.mode == "time":
+                self._check_time_after_raise(model, layers, raised(hi), allowance, judge.what)
         drop = drops[self.raised]
         self.budget.spent += max(drop, 0.0)
         share = "" if self.budget_share == 1 else f" ({self.budget_share:.0%} of --max-accuracy-drop {self.budget.total:g})"
@@ -79,3 +81,21 @@ class BudgetHold:
         else:
             self.note(f"accuracy budget: {judge.what} drops {drop:.2f} points, within {allowance:.2f}{share}")
         return raised(self.raised)
+
+    def _check_time_after_raise(self, model: ir.Model, layers: list[Layer], ranks: dict[str, int], allowance: float,
+                                what: str) -> None:
+        """time=F is a promise about latency: ranks raised for accuracy run slower than those chosen for F, and
+        raised most of the way to break-even they can run slower than the layers left whole. Timed again; where
+        they miss F by more than RAISED_TIME_SLACK, refused rather than written as a bottleneck that does not pay."""
+        from ...errors import VerificationError
+
+        measured = self._measured_ratio(model, layers, ranks)
+        limit = max(self.value, self.time_ratio or self.value) + RAISED_TIME_SLACK
+        if measured > limit:
+            raise VerificationError(
+                f"--bottleneck time={self.value:g} cannot hold an accuracy drop of {allowance:.2f} point(s) ({what}) "
+                f"in its time: the ranks that hold it (every rank raised {self.raised}/{RAISE_STEPS} of the way to "
+                f"its break-even) run in {measured:.2f} of the measured time, over {limit:.2f}; ask for a milder "
+                "time budget or a larger --max-accuracy-drop; nothing was written")
+        self.note(f"time budget after the raise: the raised ranks run in {measured:.2f} of the measured time, timed "
+                  "beside the model as it is")

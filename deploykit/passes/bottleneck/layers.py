@@ -20,6 +20,10 @@ RAISE_STEPS = 8  # rank raises tried under an accuracy budget: step k moves ever
 GRID_POINTS = 12  # at most this many ranks timed per layer, between its floor and its break-even rank
 TIME_CHECKS = 3  # time=F: factorised models timed beside the source to correct the layer timings' prediction
 TIME_TOLERANCE = 0.05  # ... stopping once one lands within this share of F
+# time=F under an accuracy budget: the raised ranks may run at most this much (a share of the source's latency)
+# slower than the ranks as chosen, or than F where those ran faster, before the time budget counts as missed;
+# one whole-model timing moves by about that much from run to run on a 2-core machine.
+RAISED_TIME_SLACK = 0.1
 
 
 @dataclass

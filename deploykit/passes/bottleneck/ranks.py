@@ -15,6 +15,10 @@ from ...model_timing import ModelTimer
 class RankChoice:
     """The rank allocation of BottleneckPass (a mixin: it reads the pass's mode, value and notes)."""
 
+    # Times whole models beside the source (time=F); a class attribute so that logic tests can inject a timer.
+    model_timer = ModelTimer
+    time_ratio: float | None = None  # time=F: the measured latency of the ranks as chosen, over the source's
+
     def _choose_ranks(self, layers: list[Layer], model: ir.Model) -> dict[str, int]:
         if self.mode == "rank":
             return {l.node.name: min(int(self.value), l.max_useful_rank()) for l in layers}
@@ -69,7 +73,7 @@ class RankChoice:
         allocation aims at is corrected by what was measured, at most TIME_CHECKS times."""
         source = ir.to_proto(model)
         timed = [l for l in layers if l.t_grid]
-        with ModelTimer(model, self.input_shapes) as timer:
+        with self.model_timer(model, self.input_shapes) as timer:
             total = timer.seconds()
             # Isolated layers and the whole model are timed apart: where the layers sum to more than the model,
             # nothing else is left, and F applies to what the timings see.
@@ -92,11 +96,17 @@ class RankChoice:
                     break
                 aim = min(1.0, max(0.05, aim * self.value / measured))
         _, measured, predicted, ranks = min(checks, key=lambda c: c[0])
+        self.time_ratio = measured
         trail = ", ".join(f"{c[2]:.2f} -> {c[1]:.2f}" for c in checks)
         self.note(f"time budget: {total * 1e3:.3g} ms at batch 1 measured here; the chosen ranks run in "
                   f"{measured:.2f} of it, timed beside the model as it is ({len(checks)} check(s), predicted -> "
                   f"measured: {trail})")
         return ranks
+
+    def _measured_ratio(self, model: ir.Model, layers: list[Layer], ranks: dict[str, int]) -> float:
+        """The latency of `model` with `ranks` applied over its own, the two timed side by side."""
+        with self.model_timer(model, self.input_shapes) as timer:
+            return timer.ratio(self._factorised(ir.to_proto(model), layers, ranks))
 
     def _factorised(self, source, layers: list[Layer], ranks: dict[str, int]) -> ir.Model:
         """A copy of `source` (a ModelProto) with `ranks` applied, as rewrite() would; the layers stay bound
