@@ -281,7 +281,11 @@ LABELS = {"ppocr_rec": "PP-OCR recogniser (rapidocr)", "ppocr_det": "PP-OCR dete
 
 
 # Measured apart from the table (two copies of nudenet's model timed side by side with an empty compile cache).
-COMPILE_NOTE = 'Where the recipe chose OpenVINO on the untouched model, its column and "OpenVINO on the fp32 file" run the same graph: OpenVINO compiles each file once into deploykit\'s cache, and one compile of a graph can run about 10% faster or slower than another (YOLOv8n in bf16, two files of the same graph, side by side: 1.40x and 1.58x of ORT fp32), so a gap of that size between those two columns is the compile, not the artefact.'
+COMPILE_NOTE = ("Where the recipe chose OpenVINO on the untouched model, its column and \"OpenVINO on the fp32 file\" "
+                "run the same graph: OpenVINO compiles each file once into deploykit's cache, and one compile of a "
+                "graph can run about 10% faster or slower than another (YOLOv8n in bf16, two files of the same "
+                "graph, side by side: 1.40x and 1.58x of ORT fp32), so a gap of that size between those two columns "
+                "is the compile, not the artefact.")
 
 
 def section(results: list[dict], rounds: int) -> str:

@@ -5,13 +5,14 @@
 the CPU has native bf16, that int8 model in OpenVINO with its float layers (those the budget kept out of
 int8, the decoding tail) in bf16 rather than f32 ("int8+bf16"). Where the recipe's low-rank bottleneck
 held the budget, the bottlenecked float model is a candidate in each float engine and precision too: the
-bottleneck where it pays, without int8. Each is judged where it runs, in the engine and at the precision it will run at, in the points of the
-budget's metric, against the input in ONNX Runtime; each is timed at batch 1 in a fresh process, the
-candidates taking turns round by round. Among those that hold the budget the fastest wins; one within
-TIE of it is a tie, and a tie goes to the more accurate: the smaller drop, and at equal drops (a few
-hundred validation inputs often cannot tell f32 from bf16) the outputs nearer the input's (max relative
-deviation, deploykit.verify), so that noise in the timing does not flip the choice. The winner is written with its engine and
-precision recorded in its metadata, so `Engine(OUT)` runs it that way.
+bottleneck where it pays, without int8. Each is judged where it runs, in the engine and at the precision
+it will run at, in the points of the budget's metric, against the input in ONNX Runtime; each is timed at
+batch 1 in a fresh process, the candidates taking turns round by round. Among those that hold the budget
+the fastest wins; one within TIE of it is a tie, and a tie goes to the more accurate: the smaller drop,
+and at equal drops (a validation set of a few dozen inputs often cannot tell f32 from bf16) the outputs
+nearer the input's (max relative deviation, deploykit.verify), so that noise in the timing does not flip
+the choice. The winner is written with its engine and precision recorded in its metadata, so
+`Engine(OUT)` runs it that way.
 """
 
 from __future__ import annotations
