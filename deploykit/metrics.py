@@ -14,7 +14,10 @@ chooses one:
 - `detection`: boxes of a YOLO-style head ([N, 4+C, A] or [N, A, 4+C]: cx, cy, w, h, then one score per
   class) after a score threshold and per-class NMS, matched to the float model's at IoU >= 0.5 with the
   same class; the score is the F1 of that matching (missing and spurious boxes both cost). Options:
-  `detection:layout=auto|channels-first|anchors-first,score=0.25,nms=0.45,iou=0.5`.
+  `detection:layout=auto|channels-first|anchors-first,score=0.25,nms=0.45,iou=0.5`. `iou=0.5:0.95` is
+  COCO's range: the F1 averaged over IoU 0.50, 0.55, ..., 0.95, so that a box found again but moved
+  costs points in proportion to how far it moved (at iou=0.5 a box that still overlaps its reference
+  by half costs nothing).
 - `PATH.py:FUNCTION`: your own. It is called as FUNCTION(reference_outputs, candidate_outputs, labels),
   with lists of numpy arrays (every output of each model over the whole validation set, in model
   order) and the labels or None, and returns a score in points (higher is better). The float model's
@@ -177,10 +180,31 @@ def detection_f1(reference_images, candidate_images, iou: float = 0.5) -> float:
     return 100.0 * 2 * matched / (total_ref + total_cand)
 
 
-def _detection(layout: str, score: float, nms: float, iou: float):
+def detection_f1_over(reference_images, candidate_images, thresholds) -> float:
+    """detection_f1 averaged over IoU thresholds (COCO's 0.50:0.95 when given its ten)."""
+    return float(np.mean([detection_f1(reference_images, candidate_images, t) for t in thresholds]))
+
+
+IOU_STEP = 0.05  # COCO's step between the IoU thresholds of a range
+
+
+def iou_thresholds(text: str) -> tuple[float, ...]:
+    """'0.5' -> (0.5,); '0.5:0.95' -> (0.5, 0.55, ..., 0.95); refused unless each lies in (0, 1] and low <= high."""
+    low, sep, high = str(text).partition(":")
+    try:
+        bounds = (float(low), float(high) if sep else float(low))
+    except ValueError:
+        raise UserInputError(f"--metric option iou={text!r} is not a number or a range LOW:HIGH (e.g. 0.5:0.95)") from None
+    if not all(0.0 < b <= 1.0 for b in bounds) or bounds[0] > bounds[1]:
+        raise UserInputError(f"--metric option iou={text} must lie in (0, 1], a range as LOW:HIGH with LOW <= HIGH")
+    steps = math.floor((bounds[1] - bounds[0]) / IOU_STEP + 1e-9)
+    return tuple(round(bounds[0] + IOU_STEP * k, 10) for k in range(steps + 1))
+
+
+def _detection(layout: str, score: float, nms: float, thresholds: tuple[float, ...]):
     def metric(reference, candidate, labels):
-        return detection_f1(yolo_boxes(reference[0], layout, score, nms), yolo_boxes(candidate[0], layout, score, nms),
-                            iou)
+        return detection_f1_over(yolo_boxes(reference[0], layout, score, nms),
+                                 yolo_boxes(candidate[0], layout, score, nms), thresholds)
     return metric
 
 
@@ -243,7 +267,8 @@ def parse_metric(spec: str | Metric | None) -> Metric | None:
         options = _options(rest, {"blank": 0})
         return Metric("ctc", _ctc(options["blank"]), options=options)
     if name == "detection":
-        options = _options(rest, {"layout": "auto", "score": 0.25, "nms": 0.45, "iou": 0.5})
-        return Metric("detection", _detection(options["layout"], options["score"], options["nms"], options["iou"]),
+        options = _options(rest, {"layout": "auto", "score": 0.25, "nms": 0.45, "iou": "0.5"})
+        thresholds = iou_thresholds(options["iou"])
+        return Metric("detection", _detection(options["layout"], options["score"], options["nms"], thresholds),
                       options=options)
     raise UserInputError(f"unknown --metric {text!r}: choose {', '.join(BUILTIN)}, or PATH.py:FUNCTION")

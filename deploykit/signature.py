@@ -114,9 +114,12 @@ class Signature:
 
 
 def normalize_shapes(given, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """A bare shape means the only input; a mapping names inputs; unknown names are refused."""
+    """A bare shape means the only input; a mapping names inputs; unknown names are refused. Text is read as
+    --input-shape spells it ("1,3,224,224", "NAME:1,3,224,224"), so that the Python API takes it too."""
     if not given:
         return {}
+    if isinstance(given, str):
+        given = parse_shape_options([given])
     if isinstance(given, Mapping):
         out = {}
         for name, shape in given.items():

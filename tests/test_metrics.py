@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deploykit import UserInputError
-from deploykit.metrics import ctc_decode, detection_f1, parse_metric, yolo_boxes
+from deploykit.metrics import ctc_decode, detection_f1, detection_f1_over, iou_thresholds, parse_metric, yolo_boxes
 
 
 def _one_hot_steps(sequence, classes=5):
@@ -60,6 +60,18 @@ def test_detection_f1_counts_missing_and_spurious_boxes():
     assert detection_f1(reference, reference) == pytest.approx(100.0)
 
 
+def test_detection_over_cocos_iou_range_charges_a_moved_box_by_how_far_it_moved():
+    reference = [(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.array([0, 0]))]
+    # The first box moved 2 px: IoU 8x10 / (100 + 100 - 80) = 2/3, so it matches at 0.50, 0.55, 0.60, 0.65 and
+    # not at 0.70 ... 0.95; the second is exact. F1 per threshold: 100 four times, 2 * 1 / (2 + 2) = 50 six times.
+    candidate = [(np.array([[2, 0, 12, 10], [20, 20, 30, 30]], float), np.array([0, 0]))]
+    assert detection_f1(reference, candidate) == pytest.approx(100.0)
+    metric = parse_metric("detection:iou=0.5:0.95")
+    assert metric.describe() == "detection (layout=auto, score=0.25, nms=0.45, iou=0.5:0.95)"
+    assert detection_f1_over(reference, candidate, iou_thresholds("0.5:0.95")) == pytest.approx((4 * 100 + 6 * 50) / 10)
+    assert iou_thresholds("0.5:0.95") == pytest.approx([0.5 + 0.05 * k for k in range(10)])
+
+
 def test_a_users_metric_function_is_called_with_every_output(tmp_path):
     module = tmp_path / "my_metric.py"
     module.write_text("def second_output_close(reference, candidate, labels):\n"
@@ -72,7 +84,9 @@ def test_a_users_metric_function_is_called_with_every_output(tmp_path):
 
 
 @pytest.mark.parametrize("spec, says", [("iou", "unknown --metric"), ("detection:score=2", "must lie in"),
-                                        ("detection:size=3", "choose from"), ("nope.py:f", "does not exist")])
+                                        ("detection:size=3", "choose from"), ("nope.py:f", "does not exist"),
+                                        ("detection:iou=0.9:0.5", "LOW <= HIGH"), ("detection:iou=x", "not a number"),
+                                        ("detection:iou=0", "must lie in")])
 def test_bad_metric_specs_are_one_line(spec, says):
     with pytest.raises(UserInputError, match=says):
         parse_metric(spec)

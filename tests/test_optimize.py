@@ -251,3 +251,27 @@ def test_calibration_data_gives_the_shape_when_only_the_batch_is_dynamic(tmp_pat
     result = cli("optimize", source, "--int8", "--calibration", data, "-o", tmp_path / "conv8.onnx")
     assert result.code == 0, result.err
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "conv8.onnx")).graph.node)
+
+
+@pytest.mark.parametrize("spelled", ["1,3,12,20", "x:1,3,12,20", (1, 3, 12, 20), {"x": (1, 3, 12, 20)}])
+def test_the_python_api_takes_an_input_shape_as_the_command_line_spells_it(tmp_path, spelled):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit import optimize_model
+
+    weight = numpy_helper.from_array(np.random.default_rng(6).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "c",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H", "W"])], [weight])
+    source = tmp_path / "open.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    report = optimize_model(source, tmp_path / "out.onnx", input_shape=spelled)
+    assert report.input_shapes == {"x": [1, 3, 12, 20]}
+
+
+def test_a_python_api_shape_of_the_wrong_rank_is_refused_in_the_commands_words(tmp_path, exported):
+    from deploykit import optimize_model
+    from deploykit.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=r"got 1x3x32 \(it has 4 dimensions, the shape given has 3\)"):
+        optimize_model(exported("lenet5")[0], tmp_path / "o.onnx", input_shape="1,3,32")

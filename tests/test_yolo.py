@@ -151,7 +151,10 @@ def test_budgeted_int8_in_detection_points_keeps_the_convolutions_in_int8(refere
 
 def test_recipe_fast_picks_an_artefact_that_keeps_boxes_on_held_out_photographs(cli, tmp_path):
     """The recipe chooses among engines and precisions on one half of the data (calibration and validation),
-    and its written artefact, run as recorded, keeps the boxes on photographs it never saw."""
+    and its written artefact, run as recorded, keeps the boxes on photographs it never saw. The metric is
+    held over COCO's IoU range: at IoU 0.5 alone a low-rank bottleneck that moved most boxes (IoU < 0.9 to
+    the fp32 boxes) held the budget on these few photographs, and this test, which asks for the same boxes,
+    rightly failed it."""
     import json
 
     data = letterboxed_photographs()
@@ -159,7 +162,7 @@ def test_recipe_fast_picks_an_artefact_that_keeps_boxes_on_held_out_photographs(
     np.save(seen, data[::2])  # the whole photographs, unmirrored; held out below: mirrored crops of them
     out = tmp_path / "fast.onnx"
     result = cli("optimize", MODEL, "--input-shape", SHAPE, "--recipe", "fast", "--calibration", seen,
-                 "--validate", seen, "--metric", "detection", "--json", "-o", out)
+                 "--validate", seen, "--metric", "detection:iou=0.5:0.95", "--json", "-o", out)
     assert result.code == 0, result.err
     recipe = json.loads(result.out)["recipe"]
     chosen = next(c for c in recipe["candidates"] if c["verdict"] == "chosen")

@@ -36,7 +36,7 @@ from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, wri
 @click.option("--metric", default=None,
               help="the points --max-accuracy-drop is in: top1, accuracy (labels), ctc[:blank=0] (recognisers), "
                    "mask-iou (one-channel maps), detection[:layout=auto,score=0.25,nms=0.45,iou=0.5] (YOLO-style "
-                   "heads), or PATH.py:FUNCTION(reference_outputs, candidate_outputs, labels) -> points  "
+                   "heads; iou=0.5:0.95 averages over COCO's IoU range), or PATH.py:FUNCTION(reference_outputs, candidate_outputs, labels) -> points  "
                    "[default: accuracy with labels, else top-1 agreement]")
 @click.option("--int8-exclude", multiple=True,
               help="with --int8: a node name or op type to keep in float (repeatable)")
