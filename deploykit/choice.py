@@ -10,8 +10,8 @@ it will run at, in the points of the budget's metric, against the input in ONNX 
 batch 1 in a fresh process, the candidates taking turns round by round. Among those that hold the budget
 the fastest wins; one within TIE of it is a tie, and a tie goes to the more accurate: the smaller drop,
 and at equal drops (a validation set of a few dozen inputs often cannot tell f32 from bf16) the outputs
-nearer the input's (max relative deviation, deploykit.verify), so that noise in the timing does not flip
-the choice. The winner is written with its engine and precision recorded in its metadata, so
+nearer the input's (max relative deviation, deploykit.verify; any two under 1e-4, float32's own noise,
+count as equal and the faster wins), so that noise in the timing does not flip the choice. The winner is written with its engine and precision recorded in its metadata, so
 `Engine(OUT)` runs it that way.
 """
 
@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import DeploykitError
+from .options import DEFAULT_TOLERANCE
 from .storage import float_precision
 
+OPENVINO_SEARCHED = "budget judged in OpenVINO"  # the form of an int8 model whose float layers OpenVINO chose
 TIE = 0.05  # latencies within 5% of the fastest are inside this machine's round-to-round noise: a tie
 
 
@@ -69,7 +71,7 @@ def choose(candidates: list[Candidate], budget: float, tie: float = TIE) -> Cand
                 c.verdict = f"as fast within {tie:.0%} (a tie), and {c.drop - winner.drop:.2f} points less accurate"
             elif _deviation(c) > _deviation(winner):
                 c.verdict = (f"as fast within {tie:.0%} (a tie), as accurate, and further from the input's outputs "
-                             f"(max rel deviation {_deviation(c):.1e} against {_deviation(winner):.1e})")
+                             f"(max rel deviation {_shown(c.deviation)} against {_shown(winner.deviation)})")
             else:
                 c.verdict = f"a tie within {tie:.0%}, {c.latency_ms / winner.latency_ms:.2f}x the winner's latency"
         else:
@@ -77,14 +79,23 @@ def choose(candidates: list[Candidate], budget: float, tie: float = TIE) -> Cand
     return winner
 
 
+def _shown(deviation: float | None) -> str:
+    return "unmeasured" if deviation is None else f"{deviation:.1e}"
+
+
 def _deviation(c: Candidate) -> float:
-    return float("inf") if c.deviation is None else c.deviation
+    """The deviation as the tie-break compares it: within float32 noise (what an exact pass may move the outputs
+    by) every candidate is as near as the input itself, so that noise does not pick the winner either."""
+    if c.deviation is None:
+        return float("inf")
+    return 0.0 if c.deviation <= DEFAULT_TOLERANCE else c.deviation
 
 
-def candidates_for(source: Path, int8_model: Path | None,
-                   bottlenecked: tuple[Path, str] | None = None) -> tuple[list[Candidate], list[str]]:
+def candidates_for(source: Path, int8_model: Path | None, bottlenecked: tuple[Path, str] | None = None,
+                   int8_for_openvino: Path | None = None) -> tuple[list[Candidate], list[str]]:
     """The candidates this machine can run, and what is left out and why. `bottlenecked`: (the float model
-    with the recipe's bottleneck, its spec), tried in every float engine and precision the source is."""
+    with the recipe's bottleneck, its spec), tried in every float engine and precision the source is.
+    `int8_for_openvino`: an int8 model whose budget was judged in OpenVINO, tried there as int8 and int8+bf16."""
     from .backends import get_backend
     from .machine import has_native_bf16
 
@@ -111,6 +122,10 @@ def candidates_for(source: Path, int8_model: Path | None,
             found.append(Candidate("ov-cpu", "int8", str(int8_model)))
             if any(c.label == "ov-cpu bf16" for c in found):
                 found.append(Candidate("ov-cpu", "int8+bf16", str(int8_model)))
+    if int8_for_openvino is not None and any(c.engine == "ov-cpu" for c in found):
+        found.append(Candidate("ov-cpu", "int8", str(int8_for_openvino), form=OPENVINO_SEARCHED))
+        if any(c.label == "ov-cpu bf16" for c in found):
+            found.append(Candidate("ov-cpu", "int8+bf16", str(int8_for_openvino), form=OPENVINO_SEARCHED))
     return found, skipped
 
 

@@ -43,6 +43,7 @@ class OptimizeOptions:
     validate: Any = None
     max_accuracy_drop: float | None = None
     metric: Any = None  # a name, 'PATH.py:FUNCTION', or a deploykit.metrics.Metric
+    judge_in: str | None = None  # where the budget is judged: ort or openvino; None follows the target
     recipe: str | None = None
     input_shape: Any = None
     tolerance: float = DEFAULT_TOLERANCE
@@ -110,6 +111,12 @@ class OptimizeOptions:
             raise UserInputError(f"{o('metric')} is the measure of the accuracy budget: add {o('int8')} or "
                                  f"{o('bottleneck')} with {o('validate')} DATA (and {o('max-accuracy-drop')} POINTS), "
                                  f"or drop {o('metric')}")
+        if self.judge_in is not None:
+            if self.judge_in not in ("ort", "openvino"):
+                raise UserInputError(f"unknown {o('judge-in')} {self.judge_in!r}: choose ort or openvino")
+            if self.budget is None:
+                raise UserInputError(f"{o('judge-in')} says where the accuracy budget is judged: add {o('int8')} or "
+                                     f"{o('bottleneck')} with {o('validate')} DATA, or drop {o('judge-in')}")
         if self.ort_layout and self.target != "ort":
             raise UserInputError(f"{o('ort-layout')} bakes ONNX Runtime's CPU layout: it needs {o('target')} ort")
 
@@ -140,4 +147,10 @@ class OptimizeOptions:
             return None
         from .validation import AccuracyBudget
 
-        return AccuracyBudget(self.budget, asked=self.max_accuracy_drop is not None, metric=self.metric)
+        return AccuracyBudget(self.budget, asked=self.max_accuracy_drop is not None, metric=self.metric,
+                              judged_in=self.judged_in)
+
+    @property
+    def judged_in(self) -> str:
+        """Where the budget is judged: as asked, else in OpenVINO for a model meant for it (--target openvino)."""
+        return self.judge_in or ("openvino" if self.target == "openvino" else "ort")

@@ -37,7 +37,7 @@ def run_recipe(model_path, output_path, options: OptimizeOptions, *, progress=No
             progress(f"recipe fast: bottleneck {spec or 'none'} + int8")
         step = options.replace(recipe=None, fuse=False, target="openvino", bottleneck=spec, int8=True,
                                bottleneck_layers=options.bottleneck_layers if spec else None,
-                               max_accuracy_drop=budget)
+                               max_accuracy_drop=budget, judge_in="ort")
         try:
             step.check()
             report = run_options(model_path, output_path, step, progress=progress, accept=holds)
@@ -66,13 +66,51 @@ def run_recipe(model_path, output_path, options: OptimizeOptions, *, progress=No
         with tempfile.TemporaryDirectory(prefix=".deploykit-", dir=Path(output_path).parent) as folder:
             bottlenecked, refused = (bottleneck_alone(model_path, Path(folder), options, spec, budget, progress)
                                      if spec else (None, None))
+            int8_for_openvino, refused_in_openvino = (
+                int8_judged_in_openvino(model_path, Path(folder), int8_model, options, spec, budget, progress)
+                if int8_model is not None else (None, None))
             if progress:
                 progress("recipe fast: judging and timing each engine and precision side by side")
             report.recipe.update(choose_deployment(model_path, int8_model, output_path, options, budget,
-                                                   bottlenecked=bottlenecked))
-            if refused:
-                report.recipe["not_compared"].append(refused)
+                                                   bottlenecked=bottlenecked, int8_for_openvino=int8_for_openvino))
+            report.recipe["not_compared"] += [why for why in (refused, refused_in_openvino) if why]
     return report
+
+
+def _drop_in_openvino(model_path, candidate, options: OptimizeOptions) -> float:
+    from .signature import read_signature
+    from .validation import AccuracyJudge, load_validation
+
+    signature = read_signature(storage.load_model(model_path, load_weights=False))
+    validation = load_validation(options.validate, signature, signature.resolve(options.input_shape),
+                                 calibration=options.calibration)
+    return AccuracyJudge(str(model_path), validation, options.metric, engine="openvino").drop_of(str(candidate))
+
+
+def int8_judged_in_openvino(model_path, folder: Path, int8_model, options: OptimizeOptions, spec: str | None,
+                            budget: float, progress=None):
+    """(int8 with its budget searched in OpenVINO, None), or (None, why not): OpenVINO's int8 kernels round
+    differently from ONNX Runtime's, so the layers ORT's search kept in float may not be the ones OpenVINO needs.
+    (None, None) where OpenVINO is missing, or `int8_model` (ORT's search) already holds the budget there."""
+    from .backends import get_backend
+
+    if not get_backend("ov-cpu").available()[0]:
+        return None, None  # the OpenVINO candidates are all left out, and said so once
+    if _drop_in_openvino(model_path, int8_model, options) <= budget:
+        return None, None  # ORT's search already holds there: a second search would keep the same or more in float
+    if progress:
+        progress(f"recipe fast: bottleneck {spec or 'none'} + int8, the budget judged in OpenVINO")
+    step = options.replace(recipe=None, fuse=False, target="openvino", bottleneck=spec, int8=True,
+                           bottleneck_layers=options.bottleneck_layers if spec else None,
+                           max_accuracy_drop=budget, judge_in="openvino")
+    path = folder / "int8_openvino.onnx"
+    try:
+        step.check()
+        run_options(model_path, path, step, progress=progress, accept=whole_result_within(budget))
+    except (BudgetNotHeld, UnreachableBudget, VerificationError, UserInputError) as exc:
+        # UserInputError: OpenVINO refused a graph ORT's quantizer made; the int8 judged in ORT is still tried.
+        return None, f"int8 judged in OpenVINO: {str(exc).removesuffix('; nothing was written')}"
+    return path, None
 
 
 def bottleneck_alone(model_path, folder: Path, options: OptimizeOptions, spec: str, budget: float, progress=None):
@@ -80,7 +118,7 @@ def bottleneck_alone(model_path, folder: Path, options: OptimizeOptions, spec: s
     if progress:
         progress(f"recipe fast: bottleneck {spec} alone, for the float engines")
     step = options.replace(recipe=None, fuse=False, target="openvino", bottleneck=spec, int8=False,
-                           max_accuracy_drop=budget)
+                           max_accuracy_drop=budget, judge_in="ort")
     path = folder / "bottleneck.onnx"
     try:
         step.check()
@@ -91,7 +129,7 @@ def bottleneck_alone(model_path, folder: Path, options: OptimizeOptions, spec: s
 
 
 def choose_deployment(source, int8_model, output, options: OptimizeOptions, budget: float,
-                      bottlenecked: tuple[Path, str] | None = None) -> dict:
+                      bottlenecked: tuple[Path, str] | None = None, int8_for_openvino: Path | None = None) -> dict:
     """deploykit.choice over this recipe's candidates: the winner is written at `output`; the table returned."""
     from .choice import candidates_for, choose, judge_in_engine, time_side_by_side, write_winner
     from .signature import read_signature
@@ -106,7 +144,8 @@ def choose_deployment(source, int8_model, output, options: OptimizeOptions, budg
         raise UserInputError(f"{option('recipe')} fast judges each engine by a task metric, and this model's first "
                              f"output has no class axis: give {option('metric')} (detection, ctc, mask-iou or "
                              "PATH.py:FUNCTION)")
-    candidates, skipped = candidates_for(Path(source), Path(int8_model) if int8_model else None, bottlenecked)
+    candidates, skipped = candidates_for(Path(source), Path(int8_model) if int8_model else None, bottlenecked,
+                                         int8_for_openvino=int8_for_openvino)
     judge_in_engine(candidates, judge)
     time_side_by_side(candidates, options.input_shape)
     winner = choose(candidates, budget)

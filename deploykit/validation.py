@@ -16,6 +16,8 @@ scored as two classes per pixel, p > 0.5 or not, by the intersection over union 
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +215,45 @@ def accuracy(output: np.ndarray, labels: np.ndarray | None) -> float | None:
     return float(np.mean(output.argmax(1) == labels.reshape(-1)))
 
 
+JUDGE_ENGINES = ("ort", "openvino")
+
+
+class EngineRefusedModel(UserInputError):
+    """The engine a candidate is judged in cannot compile it."""
+
+
+class _RunnerFeeds:
+    """A backend runner seen as run_batched sees an Engine: `inputs` as (name, shape, type), `run(feeds)`."""
+
+    def __init__(self, runner):
+        self.inputs = [(n, runner.input_shapes[n], runner.input_types[n]) for n in runner.input_names]
+        self.run = runner.infer
+
+
+def openvino_outputs(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Every output of `model` (a path or an ONNX proto) over `feeds`, compiled in OpenVINO with its float layers
+    in f32. A trial is compiled once and thrown away: it stays out of OpenVINO's compiled-model cache."""
+    import tempfile
+
+    from .backends.openvino import OpenVinoRunner
+    from .storage import save_model
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-judge-") as folder:
+        if isinstance(model, (str, os.PathLike)):
+            path = Path(model)
+        else:
+            path = Path(folder) / "trial.onnx"
+            save_model(model, path)
+        try:
+            runner = OpenVinoRunner(path, "f32", cache=False)
+        except UserInputError as exc:
+            raise EngineRefusedModel(str(exc)) from exc
+        try:
+            return run_batched(_RunnerFeeds(runner), feeds)
+        finally:
+            runner.close()
+
+
 @dataclass
 class AccuracyBudget:
     """Points of accuracy (labelled data) or of top-1 agreement one pipeline's approximating passes may spend.
@@ -226,6 +267,7 @@ class AccuracyBudget:
     asked: bool = True
     spent: float = 0.0
     metric: object = None  # a deploykit.metrics.Metric: the points the budget is in (None: the default)
+    judged_in: str = "ort"  # where candidates run to be judged: "ort" (ONNX Runtime) or "openvino"
 
     @property
     def left(self) -> float:
@@ -238,20 +280,27 @@ class AccuracyJudge:
     The score is the budget's task metric (deploykit.metrics) where one was chosen; else accuracy with
     labels, else top-1 agreement with the reference's outputs, in percent. `drop_of(model)` is the
     reference's score less the candidate's. `baseline` is None when the model cannot be scored that way
-    (the default's first output has no class axis, see class_axis).
+    (the default's first output has no class axis, see class_axis). The reference always runs in ONNX
+    Runtime; candidates run in `engine`: "ort", or "openvino" (compiled with its float layers in f32, as
+    the recipe's "ov-cpu int8" runs), for a model meant for OpenVINO, whose int8 kernels round differently.
     """
 
-    def __init__(self, reference_model, validation: ValidationSet, metric=None):
+    def __init__(self, reference_model, validation: ValidationSet, metric=None, engine: str = "ort"):
         from .verify import cpu_session
 
+        if engine not in JUDGE_ENGINES:
+            raise UserInputError(f"unknown engine to judge in {engine!r}: choose {' or '.join(JUDGE_ENGINES)}")
         self.validation = validation
         self.metric = metric
+        self.engine = engine
         self.reference_outputs = run_batched(cpu_session(reference_model), validation.feeds)
         self.reference = self.reference_outputs[0]
         if metric is not None:
             self.what = metric.describe()
         else:
             self.what = "accuracy" if validation.labels is not None else "top-1 agreement with the float model"
+        if engine == "openvino":
+            self.what += ", judged in OpenVINO"
         self.baseline = self.score_outputs(self.reference_outputs)
 
     def score(self, outputs: np.ndarray) -> float | None:
@@ -266,9 +315,21 @@ class AccuracyJudge:
         return self.score(outputs[0])
 
     def drop_of(self, model) -> float:
+        """Points lost against the reference; infinite where the judge's engine cannot compile the candidate (OpenVINO
+        refuses some partly quantized graphs its fusions trip on): it cannot hold a budget where it cannot run."""
+        try:
+            outputs = self.outputs_of(model)
+        except EngineRefusedModel:
+            return math.inf
+        return self.baseline - self.score_outputs(outputs)
+
+    def outputs_of(self, model) -> list[np.ndarray]:
+        """Every output of `model` (a path or an ONNX proto) over the validation set, run in the judge's engine."""
         from .verify import cpu_session
 
-        return self.baseline - self.score_outputs(run_batched(cpu_session(model), self.validation.feeds))
+        if self.engine == "ort":
+            return run_batched(cpu_session(model), self.validation.feeds)
+        return openvino_outputs(model, self.validation.feeds)
 
     @classmethod
     def for_budget(cls, reference_model, validation: ValidationSet | None,
@@ -277,7 +338,8 @@ class AccuracyJudge:
         the default; refuses a missing validation set, and an explicit budget on a model with no class axis."""
         if validation is None:
             raise UserInputError("--max-accuracy-drop needs data to judge by: give --validate DATA")
-        judge = cls(reference_model, validation, getattr(budget, "metric", None))
+        judge = cls(reference_model, validation, getattr(budget, "metric", None),
+                    engine=getattr(budget, "judged_in", "ort"))
         if judge.baseline is not None:
             return judge
         if budget.asked:

@@ -53,6 +53,15 @@ def test_at_equal_drops_a_tie_goes_to_the_outputs_nearer_the_inputs():
     winner = choose(found, budget=1.0)
     assert winner.label == "ov-cpu f32"
     assert "further from the input's outputs" in found[1].verdict and "2.0e-02 against 3.0e-06" in found[1].verdict
+    # Deviations both inside float32 noise (an int8 model the budget kept almost all in float) are equal: the faster
+    # of the tied wins, not the one a few float32 roundings nearer.
+    nearly_float = Candidate("ov-cpu", "int8", "b.onnx", drop=0.0, deviation=3.3e-5, latency_ms=5.1)
+    assert choose([found[0], found[2], nearly_float], budget=1.0).label == "ov-cpu int8"
+    found[2].deviation = 3.6e-5
+    assert choose([found[0], found[2], nearly_float], budget=1.0).label == "ov-cpu int8"
+    nearly_float.latency_ms = 5.2
+    assert choose([found[0], found[2], nearly_float], budget=1.0).label == "ov-cpu f32"
+    found[2].deviation = 3e-6
     # Outside the tie the faster one wins whatever its deviation.
     found[2].latency_ms = 6.0
     assert choose(found, budget=1.0).label == "ov-cpu bf16"

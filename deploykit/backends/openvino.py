@@ -195,14 +195,15 @@ def _save_ir(ov, model, xml: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _compile(core, model_path: Path, precision: str, threads: int | None):
+def _compile(core, model_path: Path, precision: str, threads: int | None, cache: bool = True):
     config = {
         # f32 and int8 artefacts keep their float layers in f32: OpenVINO's default here would be bf16.
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": "1",
-        "CACHE_DIR": str(cache_dir() / "ov-compiled"),
     }
+    if cache:
+        config["CACHE_DIR"] = str(cache_dir() / "ov-compiled")
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(int(threads))
     try:
@@ -242,7 +243,9 @@ def _first_line(exc: Exception) -> str:
 class OpenVinoRunner(Runner):
     """A compiled OpenVINO model at one stated precision; one infer request per calling thread."""
 
-    def __init__(self, artefact: Path, precision: str, threads: int | None = None):
+    def __init__(self, artefact: Path, precision: str, threads: int | None = None, cache: bool = True):
+        """`cache=False` for a model compiled once and thrown away (a budget search's trial): OpenVINO's
+        compiled-model cache would keep every trial."""
         ov = import_openvino()
         if not artefact.is_file():
             raise UserInputError(f"model file {artefact} does not exist")
@@ -250,7 +253,7 @@ class OpenVinoRunner(Runner):
             raise UserInputError(f"unknown OpenVINO precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.path = artefact
         self.precision = precision
-        self._compiled = _compile(ov.Core(), artefact, precision, threads)
+        self._compiled = _compile(ov.Core(), artefact, precision, threads, cache)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._requests = []  # kept so close() can release them all
