@@ -7,7 +7,7 @@ YOLOv8n detector inside the nudenet wheel. Per model, side by side in one run:
 
 - ORT fp32: the untouched file in ONNX Runtime (the reference for every speed-up);
 - deploykit `--int8` (plain), and `--int8 --max-accuracy-drop 1 --validate` in the model's task metric
-  (`ctc`, `mask-iou`, `top1`, `detection`), both run in ONNX Runtime;
+  (`ctc`, `mask-iou`, `top1`, `detection:iou=0.5:0.95`), both run in ONNX Runtime;
 - OpenVINO on the fp32 file at its default precision on this CPU (bf16 where the CPU has native bf16);
 - NNCF's `quantize` (same calibration data) in OpenVINO, at OpenVINO's default precision for what stays float;
 - deploykit `--recipe fast` with the task metric: the artefact it writes, run as recorded in it.
