@@ -112,8 +112,10 @@ class OptimizeOptions:
                                  f"{o('bottleneck')} with {o('validate')} DATA (and {o('max-accuracy-drop')} POINTS), "
                                  f"or drop {o('metric')}")
         if self.judge_in is not None:
-            if self.judge_in not in ("ort", "openvino"):
-                raise UserInputError(f"unknown {o('judge-in')} {self.judge_in!r}: choose ort or openvino")
+            from .validation import JUDGE_ENGINES
+
+            if self.judge_in not in JUDGE_ENGINES:
+                raise UserInputError(f"unknown {o('judge-in')} {self.judge_in!r}: choose {' or '.join(JUDGE_ENGINES)}")
             if self.budget is None:
                 raise UserInputError(f"{o('judge-in')} says where the accuracy budget is judged: add {o('int8')} or "
                                      f"{o('bottleneck')} with {o('validate')} DATA, or drop {o('judge-in')}")

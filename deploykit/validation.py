@@ -215,7 +215,7 @@ def accuracy(output: np.ndarray, labels: np.ndarray | None) -> float | None:
     return float(np.mean(output.argmax(1) == labels.reshape(-1)))
 
 
-JUDGE_ENGINES = ("ort", "openvino")
+JUDGE_ENGINES = ("ort", "openvino")  # where an accuracy budget's candidates run to be judged
 
 
 class EngineRefusedModel(UserInputError):

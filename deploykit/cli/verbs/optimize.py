@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ...options import CALIBRATION_METHODS, DEFAULT_TOLERANCE, RECIPES, TARGETS
+from ...validation import JUDGE_ENGINES
 from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, write_report
 
 
@@ -38,7 +39,7 @@ from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, wri
                    "mask-iou (one-channel maps), detection[:layout=auto,score=0.25,nms=0.45,iou=0.5] (YOLO-style "
                    "heads; iou=0.5:0.95 averages over COCO's IoU range), or PATH.py:FUNCTION(reference_outputs, candidate_outputs, labels) -> points  "
                    "[default: accuracy with labels, else top-1 agreement]")
-@click.option("--judge-in", type=click.Choice(("ort", "openvino")), default=None,
+@click.option("--judge-in", type=click.Choice(JUDGE_ENGINES), default=None,
               help="where int8 and bottleneck candidates run to be judged against the budget: ort (ONNX Runtime) "
                    "or openvino (float layers in f32)  [default: openvino with --target openvino, else ort]")
 @click.option("--int8-exclude", multiple=True,
