@@ -154,7 +154,7 @@ def judge_in_engine(candidates: list[Candidate], judge) -> None:
                 continue
             outputs = run_batched(engine, feeds)
             engine.close()
-            c.drop = judge.baseline - judge.score_outputs(outputs)
+            c.drop = judge.drop_of_outputs(outputs)
             c.deviation = _max_deviation(judge.reference_outputs, outputs)
         except DeploykitError as exc:
             c.verdict = f"cannot run here: {exc}"

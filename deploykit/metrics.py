@@ -47,6 +47,9 @@ class Metric:
     function: Callable[[list, list, np.ndarray | None], float | None]
     needs_labels: bool = False
     options: dict = field(default_factory=dict)
+    # step(reference_outputs): the smallest change of the score one sample (or box) of this data can make,
+    # in points; None where the score moves continuously or it cannot be told (a user's function)
+    step: Callable[[list], float | None] | None = None
 
     def score(self, reference: list, candidate: list, labels=None) -> float | None:
         if self.needs_labels and labels is None:
@@ -55,6 +58,9 @@ class Metric:
         if value is not None and not (isinstance(value, (int, float, np.floating)) and math.isfinite(value)):
             raise UserInputError(f"--metric {self.name} returned {value!r}: a metric returns a finite number of points")
         return None if value is None else float(value)
+
+    def smallest_step(self, reference: list) -> float | None:
+        return None if self.step is None else self.step(reference)
 
     def describe(self) -> str:
         extra = ", ".join(f"{k}={v}" for k, v in self.options.items())
@@ -67,6 +73,16 @@ def _top1(reference, candidate, labels):
 
     value = top1_agreement(reference[0], candidate[0])
     return None if value is None else 100.0 * value
+
+
+def top1_step(reference) -> float | None:
+    from .validation import top1_step as step
+
+    return step(reference)
+
+
+def _per_sample_step(reference) -> float | None:
+    return 100.0 / len(reference[0]) if len(reference[0]) else None
 
 
 def _accuracy(reference, candidate, labels):
@@ -205,7 +221,13 @@ def _detection(layout: str, score: float, nms: float, thresholds: tuple[float, .
     def metric(reference, candidate, labels):
         return detection_f1_over(yolo_boxes(reference[0], layout, score, nms),
                                  yolo_boxes(candidate[0], layout, score, nms), thresholds)
-    return metric
+
+    def step(reference):
+        # With n reference boxes one spurious box costs the least, F1 2n / (2n + 1): 100 / (2n + 1) points, at
+        # one IoU threshold of the range.
+        boxes = sum(len(b) for b, _ in yolo_boxes(reference[0], layout, score, nms))
+        return 100.0 / (2 * boxes + 1) / len(thresholds) if boxes else None
+    return metric, step
 
 
 # -- parsing --------------------------------------------------------------------------------------
@@ -258,17 +280,17 @@ def parse_metric(spec: str | Metric | None) -> Metric | None:
     if name.endswith(".py"):
         return Metric(text, _user_function(name, rest))
     if name == "top1" and not rest:
-        return Metric("top1", _top1)
+        return Metric("top1", _top1, step=top1_step)
     if name == "accuracy" and not rest:
-        return Metric("accuracy", _accuracy, needs_labels=True)
+        return Metric("accuracy", _accuracy, needs_labels=True, step=_per_sample_step)
     if name == "mask-iou" and not rest:
         return Metric("mask-iou", _mask_iou)
     if name == "ctc":
         options = _options(rest, {"blank": 0})
-        return Metric("ctc", _ctc(options["blank"]), options=options)
+        return Metric("ctc", _ctc(options["blank"]), options=options, step=_per_sample_step)
     if name == "detection":
         options = _options(rest, {"layout": "auto", "score": 0.25, "nms": 0.45, "iou": "0.5"})
         thresholds = iou_thresholds(options["iou"])
-        return Metric("detection", _detection(options["layout"], options["score"], options["nms"], thresholds),
-                      options=options)
+        score, step = _detection(options["layout"], options["score"], options["nms"], thresholds)
+        return Metric("detection", score, options=options, step=step)
     raise UserInputError(f"unknown --metric {text!r}: choose {', '.join(BUILTIN)}, or PATH.py:FUNCTION")

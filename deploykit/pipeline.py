@@ -242,14 +242,16 @@ def _tidy(model) -> None:
 
 def total_drop(report: OptimizeReport) -> float | None:
     """Points of accuracy (labelled data) or of top-1 agreement the whole pipeline cost against its input."""
+    from .validation import points
+
     if not report.passes:
         return 0.0
     last = report.passes[-1]
     if last.validation.get("metric_after") is not None:
-        return last.validation["metric_before"] - last.validation["metric_after"]
+        return points(last.validation["metric_before"] - last.validation["metric_after"])
     if last.accuracy_before is not None and last.accuracy_after is not None:
-        return 100.0 * (last.accuracy_before - last.accuracy_after)
-    return None if last.top1_agreement is None else 100.0 * (1.0 - last.top1_agreement)
+        return points(100.0 * (last.accuracy_before - last.accuracy_after))
+    return None if last.top1_agreement is None else points(100.0 * (1.0 - last.top1_agreement))
 
 
 def whole_result_within(budget: float):

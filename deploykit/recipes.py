@@ -151,4 +151,5 @@ def choose_deployment(source, int8_model, output, options: OptimizeOptions, budg
     winner = choose(candidates, budget)
     write_winner(winner, Path(output), inputs=storage.model_files(source))
     return {"candidates": [c.to_dict() for c in candidates], "chosen": winner.label, "engine": winner.engine,
-            "precision": winner.precision, "metric": judge.what, "not_compared": skipped}
+            "precision": winner.precision, "metric": judge.what, "not_compared": skipped,
+            "thin_data": judge.thin_data_note(budget)}

@@ -199,6 +199,13 @@ def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None
     return float(np.mean(reference.argmax(axis) == candidate.argmax(axis)))
 
 
+def top1_step(reference_outputs: list[np.ndarray]) -> float | None:
+    """One decision of top-1 agreement (a sample, or a position of a dense output), in points."""
+    first = reference_outputs[0]
+    axis = class_axis(first)
+    return None if axis is None or not first.size else 100.0 * first.shape[axis] / first.size
+
+
 def foreground_iou(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Intersection over union of the p > 0.5 foregrounds of two maps (1.0 when both are empty)."""
     a, b = reference > 0.5, candidate > 0.5
@@ -213,6 +220,12 @@ def accuracy(output: np.ndarray, labels: np.ndarray | None) -> float | None:
         raise UserInputError(f"the labels go up to class {int(labels.max())}, and the model scores {output.shape[1]} "
                              f"classes (0-{output.shape[1] - 1}): give labels of this model's classes")
     return float(np.mean(output.argmax(1) == labels.reshape(-1)))
+
+
+def points(value: float) -> float:
+    """A drop in points rounded past float noise: 100 x (1 - 0.99) is 1.0000000000000009, and a budget of 1
+    point met exactly must hold."""
+    return round(float(value), 9)
 
 
 JUDGE_ENGINES = ("ort", "openvino")  # where an accuracy budget's candidates run to be judged
@@ -314,6 +327,24 @@ class AccuracyJudge:
             return self.metric.score(self.reference_outputs, outputs, self.validation.labels)
         return self.score(outputs[0])
 
+    def smallest_step(self) -> float | None:
+        """The smallest change of the score one sample (or box) of this validation set can make, in points."""
+        if self.metric is not None:
+            return self.metric.smallest_step(self.reference_outputs)
+        if self.validation.labels is not None:
+            return 100.0 / len(self.reference) if len(self.reference) else None
+        return top1_step(self.reference_outputs)
+
+    def thin_data_note(self, allowance: float) -> str | None:
+        """Said where one sample moves the score by more than the budget: such a budget holds only where nothing
+        changes on these samples, and the search that fits it is selected on them."""
+        step = self.smallest_step()
+        if step is None or step <= allowance:
+            return None
+        return (f"on {self.validation.source} the smallest change one sample (or box, or position) can make to "
+                f"{self.what} is {step:.2f} points, over the {allowance:.2f} allowed: the budget means nothing may "
+                "change on this data, and a result chosen on so few samples may not hold on others; validate on more")
+
     def drop_of(self, model) -> float:
         """Points lost against the reference; infinite where the judge's engine cannot compile the candidate (OpenVINO
         refuses some partly quantized graphs its fusions trip on): it cannot hold a budget where it cannot run."""
@@ -321,7 +352,10 @@ class AccuracyJudge:
             outputs = self.outputs_of(model)
         except EngineRefusedModel:
             return math.inf
-        return self.baseline - self.score_outputs(outputs)
+        return self.drop_of_outputs(outputs)
+
+    def drop_of_outputs(self, outputs: list[np.ndarray]) -> float:
+        return points(self.baseline - self.score_outputs(outputs))
 
     def outputs_of(self, model) -> list[np.ndarray]:
         """Every output of `model` (a path or an ONNX proto) over the validation set, run in the judge's engine."""

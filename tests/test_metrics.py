@@ -72,6 +72,18 @@ def test_detection_over_cocos_iou_range_charges_a_moved_box_by_how_far_it_moved(
     assert iou_thresholds("0.5:0.95") == pytest.approx([0.5 + 0.05 * k for k in range(10)])
 
 
+def test_the_smallest_step_each_metric_can_take_on_the_data():
+    # Two boxes survive threshold and NMS: one spurious box more gives F1 2*2 / (2 + 3) = 80, a 20-point step;
+    # over COCO's ten thresholds a box can miss at one threshold only, 2 points.
+    head = _head([[50, 50, 20, 20, 0.9, 0.0], [51, 50, 20, 20, 0.0, 0.7]] + [[5, 5, 2, 2, 0.0, 0.0]] * 4)
+    assert parse_metric("detection").smallest_step([head]) == pytest.approx(20.0)
+    assert parse_metric("detection:iou=0.5:0.95").smallest_step([head]) == pytest.approx(2.0)
+    assert parse_metric("ctc").smallest_step([np.zeros((8, 5, 3))]) == pytest.approx(12.5)  # one of 8 sequences
+    assert parse_metric("top1").smallest_step([np.zeros((4, 10))]) == pytest.approx(25.0)  # one of 4 samples
+    assert parse_metric("top1").smallest_step([np.zeros((2, 3, 4, 5))]) == pytest.approx(2.5)  # one of 40 positions
+    assert parse_metric("mask-iou").smallest_step([np.zeros((2, 1, 4, 4))]) is None  # continuous
+
+
 def test_a_users_metric_function_is_called_with_every_output(tmp_path):
     module = tmp_path / "my_metric.py"
     module.write_text("def second_output_close(reference, candidate, labels):\n"

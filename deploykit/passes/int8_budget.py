@@ -39,6 +39,9 @@ class Int8BudgetSearch:
         self.note(f"accuracy budget: {what} {baseline:.2f}% in float, {baseline - full_drop:.2f}% with every layer "
                   f"in int8 (drop {full_drop:.2f} points; {self._budget_words(allowance)}) on "
                   f"{self.context.validation.source}")
+        thin = judge.thin_data_note(allowance)
+        if thin:
+            self.note(thin)
         if full_drop <= allowance:
             self.budget.spent += max(full_drop, 0.0)
             return quantized

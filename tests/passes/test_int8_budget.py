@@ -148,3 +148,19 @@ def test_judge_in_without_a_budget_is_refused(convnext, tmp_path):
     path, calibration, _ = convnext
     with pytest.raises(UserInputError, match="judge_in says where the accuracy budget is judged"):
         optimize_model(path, tmp_path / "o.onnx", int8=True, calibration=str(calibration), judge_in="openvino")
+
+
+def test_a_budget_finer_than_one_sample_of_the_validation_set_is_said(convnext, tmp_path):
+    """48 validation samples: one changed decision is 100/48 = 2.08 points of top-1 agreement, over a 1-point
+    budget; 200 samples: 0.5 points, under it, and nothing is said."""
+    path, calibration, _ = convnext
+    rng = np.random.default_rng(7)
+    said = []
+    for samples in (48, 200):
+        data = tmp_path / f"validation{samples}.npy"
+        np.save(data, rng.standard_normal((samples, 3, 32, 32)).astype(np.float32))
+        report = optimize_model(path, tmp_path / f"q{samples}.onnx", int8=True, calibration=str(calibration),
+                                validate=str(data), max_accuracy_drop=1.0)
+        said.append(" ".join(report.passes[-1].notes))
+    assert "the smallest change one sample (or box, or position) can make" in said[0] and "is 2.08 points" in said[0]
+    assert "smallest change" not in said[1]

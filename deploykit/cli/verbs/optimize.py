@@ -134,6 +134,8 @@ def optimize(model, output, bottleneck_layers, report_path, as_json, **fields):
                 click.echo(f"      {c['label']:<{width}} {drop:>7} {deviation:>11} {ms:>9} {speed:>11}  {c['verdict']}")
             for name in r.get("not_compared", []):
                 click.echo(f"    not compared: {name}")
+            if r.get("thin_data"):
+                click.echo(f"    note: {r['thin_data']}")
             from ...storage import float_precision
 
             providers = "openvino" if r["engine"] == "ov-cpu" else "cpu"

@@ -23,6 +23,9 @@ class BudgetHold:
             self.note("no accuracy budget: the first output has no class axis to measure top-1 agreement on")
             return ranks
         allowance = self.budget.left * self.budget_share
+        thin = judge.thin_data_note(allowance)
+        if thin:
+            self.note(thin)
         by_name = {l.node.name: l for l in layers}
 
         def raised(step: int) -> dict[str, int]:
