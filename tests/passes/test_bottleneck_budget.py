@@ -172,7 +172,10 @@ def test_a_time_budget_is_not_kept_by_ranks_raised_past_it(tmp_path, monkeypatch
         optimize_model(path, out, bottleneck="time=0.5", validate=str(validation), max_accuracy_drop=1.0,
                        input_shape=(1, 64, 28, 28))
     found = re.search(r"run in (\d\.\d\d) of the measured time, over (\d\.\d\d)", str(refused.value))
-    assert float(found.group(1)) >= 0.69 and float(found.group(2)) < 0.5 + RAISED_TIME_SLACK + 0.06
+    # The limit is max(F, the chosen ranks' ratio) + the slack. The chosen ranks come from real per-layer timings
+    # (only the whole-model timer is injected), which on a busy 2-core machine land up to 0.1 over F (0.56 seen in
+    # a fresh-clone run); the raised ranks' 0.69 by MACs is over any such limit.
+    assert float(found.group(1)) >= 0.69 and float(found.group(2)) <= 0.5 + RAISED_TIME_SLACK + 0.1
     assert not out.exists()
     # A time budget the weights' rank fits in is kept, and the written model runs (by the same timer) in it.
     report = optimize_model(path, out, bottleneck="time=0.8", validate=str(validation), max_accuracy_drop=1.0,
