@@ -11,8 +11,8 @@ batch 1 in a fresh process, the candidates taking turns round by round. Among th
 the fastest wins; one within TIE of it is a tie, and a tie goes to the more accurate: the smaller drop,
 and at equal drops (a validation set of a few dozen inputs often cannot tell f32 from bf16) the outputs
 nearer the input's (max relative deviation, deploykit.verify; any two under 1e-4, float32's own noise,
-count as equal and the faster wins), so that noise in the timing does not flip the choice. The winner is written with its engine and precision recorded in its metadata, so
-`Engine(OUT)` runs it that way.
+count as equal and the faster wins), so that noise in the timing does not flip the choice. The winner is
+written with its engine and precision recorded in its metadata, so `Engine(OUT)` runs it that way.
 """
 
 from __future__ import annotations

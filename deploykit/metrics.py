@@ -75,16 +75,6 @@ def _top1(reference, candidate, labels):
     return None if value is None else 100.0 * value
 
 
-def top1_step(reference) -> float | None:
-    from .validation import top1_step as step
-
-    return step(reference)
-
-
-def _per_sample_step(reference) -> float | None:
-    return 100.0 / len(reference[0]) if len(reference[0]) else None
-
-
 def _accuracy(reference, candidate, labels):
     from .validation import accuracy
 
@@ -210,7 +200,8 @@ def iou_thresholds(text: str) -> tuple[float, ...]:
     try:
         bounds = (float(low), float(high) if sep else float(low))
     except ValueError:
-        raise UserInputError(f"--metric option iou={text!r} is not a number or a range LOW:HIGH (e.g. 0.5:0.95)") from None
+        raise UserInputError(f"--metric option iou={text!r} is not a number or a range LOW:HIGH "
+                             "(e.g. 0.5:0.95)") from None
     if not all(0.0 < b <= 1.0 for b in bounds) or bounds[0] > bounds[1]:
         raise UserInputError(f"--metric option iou={text} must lie in (0, 1], a range as LOW:HIGH with LOW <= HIGH")
     steps = math.floor((bounds[1] - bounds[0]) / IOU_STEP + 1e-9)
@@ -279,15 +270,17 @@ def parse_metric(spec: str | Metric | None) -> Metric | None:
     name, _, rest = text.partition(":")
     if name.endswith(".py"):
         return Metric(text, _user_function(name, rest))
+    from .validation import per_sample_step, top1_step
+
     if name == "top1" and not rest:
         return Metric("top1", _top1, step=top1_step)
     if name == "accuracy" and not rest:
-        return Metric("accuracy", _accuracy, needs_labels=True, step=_per_sample_step)
+        return Metric("accuracy", _accuracy, needs_labels=True, step=per_sample_step)
     if name == "mask-iou" and not rest:
         return Metric("mask-iou", _mask_iou)
     if name == "ctc":
         options = _options(rest, {"blank": 0})
-        return Metric("ctc", _ctc(options["blank"]), options=options, step=_per_sample_step)
+        return Metric("ctc", _ctc(options["blank"]), options=options, step=per_sample_step)
     if name == "detection":
         options = _options(rest, {"layout": "auto", "score": 0.25, "nms": 0.45, "iou": "0.5"})
         thresholds = iou_thresholds(options["iou"])

@@ -63,32 +63,41 @@ def run_recipe(model_path, output_path, options: OptimizeOptions, *, progress=No
     if output_path is not None:
         spec = report.recipe["bottleneck"]
         # Beside the output, so that nothing is written outside where the user asked; removed when chosen.
+        # One judge for every candidate below: the validation set is read and the input run on it once.
+        judge = recipe_judge(model_path, options)
         with tempfile.TemporaryDirectory(prefix=".deploykit-", dir=Path(output_path).parent) as folder:
             bottlenecked, refused = (bottleneck_alone(model_path, Path(folder), options, spec, budget, progress)
                                      if spec else (None, None))
             int8_for_openvino, refused_in_openvino = (
-                int8_judged_in_openvino(model_path, Path(folder), int8_model, options, spec, budget, progress)
+                int8_judged_in_openvino(model_path, Path(folder), int8_model, judge, options, spec, budget, progress)
                 if int8_model is not None else (None, None))
             if progress:
                 progress("recipe fast: judging and timing each engine and precision side by side")
-            report.recipe.update(choose_deployment(model_path, int8_model, output_path, options, budget,
+            report.recipe.update(choose_deployment(model_path, int8_model, output_path, options, budget, judge,
                                                    bottlenecked=bottlenecked, int8_for_openvino=int8_for_openvino))
             report.recipe["not_compared"] += [why for why in (refused, refused_in_openvino) if why]
     return report
 
 
-def _drop_in_openvino(model_path, candidate, options: OptimizeOptions) -> float:
+def recipe_judge(source, options: OptimizeOptions):
+    """The AccuracyJudge of the recipe's candidates: the budget's metric on the validation set (else the calibration
+    data), against the input in ONNX Runtime; refused where the model cannot be scored that way."""
     from .signature import read_signature
     from .validation import AccuracyJudge, load_validation
 
-    signature = read_signature(storage.load_model(model_path, load_weights=False))
-    validation = load_validation(options.validate, signature, signature.resolve(options.input_shape),
-                                 calibration=options.calibration)
-    return AccuracyJudge(str(model_path), validation, options.metric, engine="openvino").drop_of(str(candidate))
+    signature = read_signature(storage.load_model(source, load_weights=False))
+    shapes = signature.resolve(options.input_shape)
+    validation = load_validation(options.validate, signature, shapes, calibration=options.calibration)
+    judge = AccuracyJudge(str(source), validation, options.metric)
+    if judge.baseline is None:
+        raise UserInputError(f"{option('recipe')} fast judges each engine by a task metric, and this model's first "
+                             f"output has no class axis: give {option('metric')} (detection, ctc, mask-iou or "
+                             "PATH.py:FUNCTION)")
+    return judge
 
 
-def int8_judged_in_openvino(model_path, folder: Path, int8_model, options: OptimizeOptions, spec: str | None,
-                            budget: float, progress=None):
+def int8_judged_in_openvino(model_path, folder: Path, int8_model, judge, options: OptimizeOptions,
+                            spec: str | None, budget: float, progress=None):
     """(int8 with its budget searched in OpenVINO, None), or (None, why not): OpenVINO's int8 kernels round
     differently from ONNX Runtime's, so the layers ORT's search kept in float may not be the ones OpenVINO needs.
     (None, None) where OpenVINO is missing, or `int8_model` (ORT's search) already holds the budget there."""
@@ -96,7 +105,7 @@ def int8_judged_in_openvino(model_path, folder: Path, int8_model, options: Optim
 
     if not get_backend("ov-cpu").available()[0]:
         return None, None  # the OpenVINO candidates are all left out, and said so once
-    if _drop_in_openvino(model_path, int8_model, options) <= budget:
+    if judge.drop_of(str(int8_model), engine="openvino") <= budget:
         return None, None  # ORT's search already holds there: a second search would keep the same or more in float
     if progress:
         progress(f"recipe fast: bottleneck {spec or 'none'} + int8, the budget judged in OpenVINO")
@@ -128,22 +137,12 @@ def bottleneck_alone(model_path, folder: Path, options: OptimizeOptions, spec: s
     return (path, spec), None
 
 
-def choose_deployment(source, int8_model, output, options: OptimizeOptions, budget: float,
+def choose_deployment(source, int8_model, output, options: OptimizeOptions, budget: float, judge,
                       bottlenecked: tuple[Path, str] | None = None, int8_for_openvino: Path | None = None) -> dict:
-    """deploykit.choice over this recipe's candidates: the winner is written at `output`; the table returned."""
+    """deploykit.choice over this recipe's candidates, each judged by `judge` (recipe_judge) in its own engine:
+    the winner is written at `output`; the table returned."""
     from .choice import candidates_for, choose, judge_in_engine, time_side_by_side, write_winner
-    from .signature import read_signature
-    from .validation import AccuracyJudge, load_validation
 
-    proto = storage.load_model(source, load_weights=False)
-    signature = read_signature(proto)
-    shapes = signature.resolve(options.input_shape)
-    validation = load_validation(options.validate, signature, shapes, calibration=options.calibration)
-    judge = AccuracyJudge(str(source), validation, options.metric)
-    if judge.baseline is None:
-        raise UserInputError(f"{option('recipe')} fast judges each engine by a task metric, and this model's first "
-                             f"output has no class axis: give {option('metric')} (detection, ctc, mask-iou or "
-                             "PATH.py:FUNCTION)")
     candidates, skipped = candidates_for(Path(source), Path(int8_model) if int8_model else None, bottlenecked,
                                          int8_for_openvino=int8_for_openvino)
     judge_in_engine(candidates, judge)

@@ -199,6 +199,12 @@ def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None
     return float(np.mean(reference.argmax(axis) == candidate.argmax(axis)))
 
 
+def per_sample_step(reference_outputs: list[np.ndarray]) -> float | None:
+    """One sample of a per-sample score (accuracy, whole sequences), in points."""
+    samples = len(reference_outputs[0])
+    return 100.0 / samples if samples else None
+
+
 def top1_step(reference_outputs: list[np.ndarray]) -> float | None:
     """One decision of top-1 agreement (a sample, or a position of a dense output), in points."""
     first = reference_outputs[0]
@@ -332,7 +338,7 @@ class AccuracyJudge:
         if self.metric is not None:
             return self.metric.smallest_step(self.reference_outputs)
         if self.validation.labels is not None:
-            return 100.0 / len(self.reference) if len(self.reference) else None
+            return per_sample_step(self.reference_outputs)
         return top1_step(self.reference_outputs)
 
     def thin_data_note(self, allowance: float) -> str | None:
@@ -345,11 +351,12 @@ class AccuracyJudge:
                 f"{self.what} is {step:.2f} points, over the {allowance:.2f} allowed: the budget means nothing may "
                 "change on this data, and a result chosen on so few samples may not hold on others; validate on more")
 
-    def drop_of(self, model) -> float:
-        """Points lost against the reference; infinite where the judge's engine cannot compile the candidate (OpenVINO
-        refuses some partly quantized graphs its fusions trip on): it cannot hold a budget where it cannot run."""
+    def drop_of(self, model, engine: str | None = None) -> float:
+        """Points lost against the reference, the candidate run in `engine` (default: the judge's); infinite where
+        that engine cannot compile it (OpenVINO refuses some partly quantized graphs its fusions trip on): it
+        cannot hold a budget where it cannot run."""
         try:
-            outputs = self.outputs_of(model)
+            outputs = self.outputs_of(model, engine)
         except EngineRefusedModel:
             return math.inf
         return self.drop_of_outputs(outputs)
@@ -357,11 +364,12 @@ class AccuracyJudge:
     def drop_of_outputs(self, outputs: list[np.ndarray]) -> float:
         return points(self.baseline - self.score_outputs(outputs))
 
-    def outputs_of(self, model) -> list[np.ndarray]:
-        """Every output of `model` (a path or an ONNX proto) over the validation set, run in the judge's engine."""
+    def outputs_of(self, model, engine: str | None = None) -> list[np.ndarray]:
+        """Every output of `model` (a path or an ONNX proto) over the validation set, run in `engine` (default: the
+        judge's)."""
         from .verify import cpu_session
 
-        if self.engine == "ort":
+        if (engine or self.engine) == "ort":
             return run_batched(cpu_session(model), self.validation.feeds)
         return openvino_outputs(model, self.validation.feeds)
 

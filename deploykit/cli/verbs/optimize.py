@@ -37,7 +37,8 @@ from ..common import FiniteFloat, cli, echo_json, json_option, shape_option, wri
 @click.option("--metric", default=None,
               help="the points --max-accuracy-drop is in: top1, accuracy (labels), ctc[:blank=0] (recognisers), "
                    "mask-iou (one-channel maps), detection[:layout=auto,score=0.25,nms=0.45,iou=0.5] (YOLO-style "
-                   "heads; iou=0.5:0.95 averages over COCO's IoU range), or PATH.py:FUNCTION(reference_outputs, candidate_outputs, labels) -> points  "
+                   "heads; iou=0.5:0.95 averages over COCO's IoU range), or "
+                   "PATH.py:FUNCTION(reference_outputs, candidate_outputs, labels) -> points  "
                    "[default: accuracy with labels, else top-1 agreement]")
 @click.option("--judge-in", type=click.Choice(JUDGE_ENGINES), default=None,
               help="where int8 and bottleneck candidates run to be judged against the budget: ort (ONNX Runtime) "
