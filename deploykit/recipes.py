@@ -98,28 +98,37 @@ def recipe_judge(source, options: OptimizeOptions):
 
 def int8_judged_in_openvino(model_path, folder: Path, int8_model, judge, options: OptimizeOptions,
                             spec: str | None, budget: float, progress=None):
-    """(int8 with its budget searched in OpenVINO, None), or (None, why not): OpenVINO's int8 kernels round
-    differently from ONNX Runtime's, so the layers ORT's search kept in float may not be the ones OpenVINO needs.
-    (None, None) where OpenVINO is missing, or `int8_model` (ORT's search) already holds the budget there."""
+    """(int8 with its budget searched in OpenVINO, None or why the bottleneck was left out of it), or (None, why
+    not): OpenVINO's int8 kernels round differently from ONNX Runtime's, so the layers ORT's search kept in float
+    may not be the ones OpenVINO needs.
+    (None, None) where OpenVINO is missing, or `int8_model` (ORT's search) already holds the budget there.
+
+    Tried with the bottleneck ORT's search kept (`spec`), then without one: a bottleneck that held in ONNX
+    Runtime may not in OpenVINO, and its time budget is re-measured, so it can be refused the second time."""
     from .backends import get_backend
 
     if not get_backend("ov-cpu").available()[0]:
         return None, None  # the OpenVINO candidates are all left out, and said so once
     if judge.drop_of(str(int8_model), engine="openvino") <= budget:
         return None, None  # ORT's search already holds there: a second search would keep the same or more in float
-    if progress:
-        progress(f"recipe fast: bottleneck {spec or 'none'} + int8, the budget judged in OpenVINO")
-    step = options.replace(recipe=None, fuse=False, target="openvino", bottleneck=spec, int8=True,
-                           bottleneck_layers=options.bottleneck_layers if spec else None,
-                           max_accuracy_drop=budget, judge_in="openvino")
     path = folder / "int8_openvino.onnx"
-    try:
-        step.check()
-        run_options(model_path, path, step, progress=progress, accept=whole_result_within(budget))
-    except (BudgetNotHeld, UnreachableBudget, VerificationError, UserInputError) as exc:
-        # UserInputError: OpenVINO refused a graph ORT's quantizer made; the int8 judged in ORT is still tried.
-        return None, f"int8 judged in OpenVINO: {str(exc).removesuffix('; nothing was written')}"
-    return path, None
+    refusals = []
+    for tried in dict.fromkeys((spec, None)):
+        if progress:
+            progress(f"recipe fast: bottleneck {tried or 'none'} + int8, the budget judged in OpenVINO")
+        step = options.replace(recipe=None, fuse=False, target="openvino", bottleneck=tried, int8=True,
+                               bottleneck_layers=options.bottleneck_layers if tried else None,
+                               max_accuracy_drop=budget, judge_in="openvino")
+        try:
+            step.check()
+            run_options(model_path, path, step, progress=progress, accept=whole_result_within(budget))
+        except (BudgetNotHeld, UnreachableBudget, VerificationError, UserInputError) as exc:
+            # UserInputError: OpenVINO refused a graph ORT's quantizer made; the int8 judged in ORT is still tried.
+            refusals.append(f"bottleneck {tried or 'none'}: {str(exc).removesuffix('; nothing was written')}")
+            continue
+        # A refusal with the bottleneck is still said: the int8 judged in OpenVINO then has none.
+        return path, ("int8 judged in OpenVINO with " + refusals[0]) if refusals else None
+    return None, "int8 judged in OpenVINO: " + "; ".join(refusals)
 
 
 def bottleneck_alone(model_path, folder: Path, options: OptimizeOptions, spec: str, budget: float, progress=None):

@@ -170,7 +170,8 @@ def test_recipe_fast_picks_an_artefact_that_keeps_boxes_on_held_out_photographs(
     if any(c["engine"] == "ov-cpu" for c in recipe["candidates"]):
         # OpenVINO's int8 rounds differently: where ORT's search does not hold there, int8 is searched again in it.
         in_openvino = [c for c in recipe["candidates"] if c["engine"] == "ov-cpu" and c["precision"] == "int8"]
-        assert any(c["drop"] is not None and c["drop"] <= 1.0 for c in in_openvino), in_openvino
+        assert any(c["drop"] is not None and c["drop"] <= 1.0 for c in in_openvino), (in_openvino,
+                                                                                       recipe["not_compared"])
     held_out = [np.ascontiguousarray(image[:, ::-1]) for image in _photographs()[::2]]
     kept, total = boxes_kept(detect(MODEL, held_out), detect(out, held_out))  # Engine(out): the recorded engine
     assert total and kept >= 0.9 * total, (recipe["chosen"], kept, total)
