@@ -35,9 +35,7 @@ def run_recipe(model_path, output_path, options: OptimizeOptions, *, progress=No
     for spec in tries:
         if progress:
             progress(f"recipe fast: bottleneck {spec or 'none'} + int8")
-        step = options.replace(recipe=None, fuse=False, target="openvino", bottleneck=spec, int8=True,
-                               bottleneck_layers=options.bottleneck_layers if spec else None,
-                               max_accuracy_drop=budget, judge_in="ort")
+        step = int8_step(options, spec, budget, judge_in="ort")
         try:
             step.check()
             report = run_options(model_path, output_path, step, progress=progress, accept=holds)
@@ -79,6 +77,14 @@ def run_recipe(model_path, output_path, options: OptimizeOptions, *, progress=No
     return report
 
 
+def int8_step(options: OptimizeOptions, spec: str | None, budget: float, judge_in: str) -> OptimizeOptions:
+    """One int8 build of the recipe: bottleneck `spec` (None: none) and int8 under `budget`, judged in `judge_in`,
+    in a graph both engines run."""
+    return options.replace(recipe=None, fuse=False, target="openvino", bottleneck=spec, int8=True,
+                           bottleneck_layers=options.bottleneck_layers if spec else None,
+                           max_accuracy_drop=budget, judge_in=judge_in)
+
+
 def recipe_judge(source, options: OptimizeOptions):
     """The AccuracyJudge of the recipe's candidates: the budget's metric on the validation set (else the calibration
     data), against the input in ONNX Runtime; refused where the model cannot be scored that way."""
@@ -116,9 +122,7 @@ def int8_judged_in_openvino(model_path, folder: Path, int8_model, judge, options
     for tried in dict.fromkeys((spec, None)):
         if progress:
             progress(f"recipe fast: bottleneck {tried or 'none'} + int8, the budget judged in OpenVINO")
-        step = options.replace(recipe=None, fuse=False, target="openvino", bottleneck=tried, int8=True,
-                               bottleneck_layers=options.bottleneck_layers if tried else None,
-                               max_accuracy_drop=budget, judge_in="openvino")
+        step = int8_step(options, tried, budget, judge_in="openvino")
         try:
             step.check()
             run_options(model_path, path, step, progress=progress, accept=whole_result_within(budget))

@@ -41,6 +41,23 @@ def export_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def convnext(tmp_path_factory):
+    """A ConvNeXt-style block net (tests/models/blocks.py) with 16 calibration and 48 validation inputs:
+    (model path, calibration .npy, validation .npy)."""
+    from deploykit import export
+
+    root = tmp_path_factory.mktemp("convnext")
+    path = root / "convnext.onnx"
+    export(f"{Path(__file__).parent / 'models' / 'blocks.py'}:convnext_like", path, input_shape=(1, 3, 32, 32))
+    rng = np.random.default_rng(0)
+    calibration = root / "calibration.npy"
+    np.save(calibration, rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
+    validation = root / "validation.npy"
+    np.save(validation, rng.standard_normal((48, 3, 32, 32)).astype(np.float32))
+    return path, calibration, validation
+
+
+@pytest.fixture(scope="session")
 def exported(export_dir):
     """Export a zoo model once per session: exported(name, shape=None) -> (path, ExportResult)."""
     from deploykit import export

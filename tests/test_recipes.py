@@ -7,24 +7,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from deploykit import Engine, export
+from deploykit import Engine
 from deploykit.options import OptimizeOptions
-
-BLOCKS = Path(__file__).parent / "models" / "blocks.py"
-
-
-@pytest.fixture(scope="module")
-def convnext(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipes")
-    path = root / "convnext.onnx"
-    export(f"{BLOCKS}:convnext_like", path, input_shape=(1, 3, 32, 32))
-    rng = np.random.default_rng(1)
-    calibration = root / "calibration.npy"
-    np.save(calibration, rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
-    validation = root / "validation.npy"
-    np.save(validation, rng.standard_normal((48, 3, 32, 32)).astype(np.float32))
-    return path, calibration, validation
-
 
 def _with_last_layer_negated(source: Path, target: Path) -> Path:
     """The model with its classifier's weights negated: a candidate that cannot hold any budget in any engine."""

@@ -12,19 +12,6 @@ from deploykit.optimize import optimize_model
 BLOCKS = Path(__file__).parents[1] / "models" / "blocks.py"
 
 
-@pytest.fixture(scope="module")
-def convnext(tmp_path_factory):
-    root = tmp_path_factory.mktemp("budget")
-    path = root / "convnext.onnx"
-    export(f"{BLOCKS}:convnext_like", path, input_shape=(1, 3, 32, 32))
-    rng = np.random.default_rng(0)
-    calibration = root / "calibration.npy"
-    np.save(calibration, rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
-    validation = root / "validation.npy"
-    np.save(validation, rng.standard_normal((48, 3, 32, 32)).astype(np.float32))
-    return path, calibration, validation
-
-
 def _agreement(a, b):
     return float(np.mean(a.argmax(1) == b.argmax(1)))
 
