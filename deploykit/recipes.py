@@ -28,7 +28,8 @@ def run_recipe(model_path, output_path, options: OptimizeOptions, *, progress=No
     budget = DEFAULT_ACCURACY_DROP if options.max_accuracy_drop is None else options.max_accuracy_drop
     # Read once: every try below, the float fallback and the engines' judging use the same arrays.
     options = load_calibration_once(model_path, options)
-    tries = (options.bottleneck,) if options.bottleneck else FAST_BOTTLENECKS
+    # An asked-for bottleneck is tried first, then int8 alone, as the ladder ends.
+    tries = (options.bottleneck, None) if options.bottleneck else FAST_BOTTLENECKS
     holds = whole_result_within(budget)
     refusals = []
     report = None

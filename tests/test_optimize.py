@@ -150,6 +150,27 @@ def test_recipe_fast_offers_a_bottleneck_that_holds_to_the_float_engines_alone(e
     assert [p.name for p in tmp_path.iterdir()] == ["fast.onnx"]  # its temporary folder is gone
 
 
+def test_recipe_fast_tries_int8_alone_when_the_asked_bottleneck_is_refused(exported, tmp_path, cli):
+    """--bottleneck replaces the recipe's ladder of time budgets, not its last step: int8 without a bottleneck
+    is still built, judged and timed, and the refusal is said."""
+    import json
+
+    import onnx
+
+    path, _ = exported("digits")
+    out = tmp_path / "fast.onnx"
+    # No layer of this 0.6 MMAC model can be factorised into 5% of its measured time.
+    result = cli("optimize", path, "-o", out, "--recipe", "fast", "--bottleneck", "time=0.05", "--calibration",
+                 "digits", "--validate", "digits", "--json")
+    assert result.code == 0, result.err
+    recipe = json.loads(result.out)["recipe"]
+    assert recipe["bottleneck"] is None
+    assert len(recipe["refused"]) == 1 and recipe["refused"][0].startswith("bottleneck time=0.05: ")
+    int8 = next(c for c in recipe["candidates"] if c["label"] == "ort-cpu int8")
+    assert int8["drop"] is not None and int8["drop"] <= 1.0
+    quantized = "QuantizeLinear" in {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert quantized == recipe["precision"].startswith("int8")
+
 def test_recipe_fast_holds_the_budget_on_real_digits(exported, tmp_path, cli):
     """The whole stacked result, judged here on the digits test set against the float model's accuracy."""
     from deploykit import Engine
