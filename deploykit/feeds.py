@@ -82,7 +82,8 @@ BATCH = 16  # samples per run: bounds the memory of one inference on large input
 
 
 def declared_inputs(runner) -> dict[str, tuple]:
-    """{name: (shape, ORT type string)} of an ONNX Runtime session's or a deploykit Engine's inputs."""
+    """{name: (shape, ORT type string)} of an ONNX Runtime session's, a deploykit Engine's or a backend Runner's
+    inputs."""
     if hasattr(runner, "get_inputs"):
         return {i.name: (tuple(i.shape), i.type) for i in runner.get_inputs()}
     return {name: (shape, type_) for name, shape, type_ in runner.inputs}

@@ -192,7 +192,7 @@ class Engine:
     def _use_plan(self, plan) -> None:
         """Run through a backend runner (a TensorRT plan, OpenVINO) instead of an ORT session."""
         self._plan = plan
-        self.inputs = [(n, plan.input_shapes[n], plan.input_types[n]) for n in plan.input_names]
+        self.inputs = plan.inputs
         self.outputs = list(plan.output_names)
 
     @property

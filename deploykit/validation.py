@@ -157,11 +157,15 @@ def _checked(name, array, spec, kind) -> np.ndarray:
 
 
 def run_batched(runner, feeds: dict[str, np.ndarray], batch: int = BATCH) -> list[np.ndarray]:
-    """Every output of `runner` (an ORT session, or an Engine in whatever engine it runs) over all samples, run
-    `batch` at a time (see feeds.batches)."""
+    """Every output of `runner` (an ORT session, an Engine in whatever engine it runs, or a backend Runner) over
+    all samples, run `batch` at a time (see feeds.batches)."""
+    from .backends.base import Runner
     from .feeds import batches
 
-    run = (lambda chunk: runner.run(None, chunk)) if hasattr(runner, "get_inputs") else runner.run
+    if hasattr(runner, "get_inputs"):
+        run = lambda chunk: runner.run(None, chunk)  # noqa: E731
+    else:
+        run = runner.infer if isinstance(runner, Runner) else runner.run
     parts: list[list[np.ndarray]] = []
     for chunk in batches(runner, feeds, batch):
         outs = run(chunk)
@@ -241,14 +245,6 @@ class EngineRefusedModel(UserInputError):
     """The engine a candidate is judged in cannot compile it."""
 
 
-class _RunnerFeeds:
-    """A backend runner seen as run_batched sees an Engine: `inputs` as (name, shape, type), `run(feeds)`."""
-
-    def __init__(self, runner):
-        self.inputs = [(n, runner.input_shapes[n], runner.input_types[n]) for n in runner.input_names]
-        self.run = runner.infer
-
-
 def openvino_outputs(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Every output of `model` (a path or an ONNX proto) over `feeds`, compiled in OpenVINO with its float layers
     in f32. A trial is compiled once and thrown away: it stays out of OpenVINO's compiled-model cache."""
@@ -268,7 +264,7 @@ def openvino_outputs(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         except UserInputError as exc:
             raise EngineRefusedModel(str(exc)) from exc
         try:
-            return run_batched(_RunnerFeeds(runner), feeds)
+            return run_batched(runner, feeds)
         finally:
             runner.close()
 

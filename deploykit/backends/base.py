@@ -98,11 +98,15 @@ class Runner:
     def close(self) -> None:
         pass
 
+    @property
+    def inputs(self) -> list[tuple[str, tuple, str]]:
+        """The declared inputs as (name, shape, type), in order: the form Engine.inputs has too."""
+        return [(n, self.input_shapes[n], self.input_types[n]) for n in self.input_names]
+
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         from ..feeds import validate_feeds
 
-        declared = [(n, self.input_shapes[n], self.input_types[n]) for n in self.input_names]
-        return self.infer_impl(validate_feeds(type(self).__name__, declared, feeds))
+        return self.infer_impl(validate_feeds(type(self).__name__, self.inputs, feeds))
 
     def infer_impl(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
