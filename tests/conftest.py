@@ -57,6 +57,19 @@ def convnext(tmp_path_factory):
     return path, calibration, validation
 
 
+@pytest.fixture
+def openvino_f32():
+    """first_output(model, x): the model's first output in OpenVINO's own API, float layers in f32, the
+    reference a judge in OpenVINO is checked against; skipped where OpenVINO is not installed."""
+    ov = pytest.importorskip("openvino")
+
+    def first_output(model, x):
+        compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return np.asarray(compiled({compiled.inputs[0]: x})[compiled.outputs[0]])
+
+    return first_output
+
+
 @pytest.fixture(scope="session")
 def exported(export_dir):
     """Export a zoo model once per session: exported(name, shape=None) -> (path, ExportResult)."""

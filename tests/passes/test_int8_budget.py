@@ -87,17 +87,9 @@ def test_squeeze_excite_nets_with_loud_channels_recover_under_the_budget(name, t
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "held.onnx")).graph.node}
 
 
-def _openvino_f32(model, x):
-    """The model's first output in OpenVINO itself, float layers in f32: the reference for the judge's engine."""
-    ov = pytest.importorskip("openvino")
-    compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return np.asarray(compiled({compiled.inputs[0]: x})[compiled.outputs[0]])
-
-
-def test_a_model_meant_for_openvino_has_its_budget_judged_in_openvino(convnext, tmp_path):
+def test_a_model_meant_for_openvino_has_its_budget_judged_in_openvino(convnext, openvino_f32, tmp_path):
     """--target openvino: the int8 candidates run in OpenVINO to be judged, and the result holds the budget there,
     measured here with OpenVINO's own API against the float model in ONNX Runtime."""
-    pytest.importorskip("openvino")
     path, calibration, validation = convnext
     x = np.load(validation)
     reference = Engine(path)(x)
@@ -106,14 +98,13 @@ def test_a_model_meant_for_openvino_has_its_budget_judged_in_openvino(convnext, 
                             max_accuracy_drop=1.0, target="openvino")
     notes = " ".join(report.passes[-1].notes)
     assert "top-1 agreement with the float model, judged in OpenVINO" in notes
-    assert _agreement(_openvino_f32(budgeted, x), reference) >= 0.99
+    assert _agreement(openvino_f32(budgeted, x), reference) >= 0.99
     in_ort = optimize_model(path, tmp_path / "judged_in_ort.onnx", int8=True, calibration=str(calibration),
                             validate=str(validation), max_accuracy_drop=1.0, target="openvino", judge_in="ort")
     assert "judged in OpenVINO" not in " ".join(in_ort.passes[-1].notes)
 
 
-def test_the_judge_runs_a_candidate_in_openvino_as_openvino_itself_does(convnext, tmp_path):
-    pytest.importorskip("openvino")
+def test_the_judge_runs_a_candidate_in_openvino_as_openvino_itself_does(convnext, openvino_f32, tmp_path):
     from deploykit.signature import read_signature
     from deploykit.storage import load_model
     from deploykit.validation import AccuracyJudge, load_validation
@@ -125,7 +116,7 @@ def test_the_judge_runs_a_candidate_in_openvino_as_openvino_itself_does(convnext
     data = load_validation(str(validation), signature, signature.resolve(None))
     judge = AccuracyJudge(str(path), data, engine="openvino")
     got = judge.outputs_of(onnx.load(str(int8)))[0]  # a proto, as the budget search hands it over
-    want = _openvino_f32(int8, np.load(validation))
+    want = openvino_f32(int8, np.load(validation))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     in_ort = AccuracyJudge(str(path), data).outputs_of(str(int8))[0]
     assert np.abs(in_ort - want).max() > 0  # the engines round int8 differently: the judge's engine matters
