@@ -41,8 +41,13 @@ def test_json_schema_and_consistency(bench_json):
         for key in ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms", "images_per_s", "qps", "wall_s"):
             assert s[key] > 0, key
         assert s["min_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"] <= max(r["latencies_ms"]) + 1e-9
-        # Throughput from the wall clock agrees with batch / mean latency (the loop adds only a little).
-        assert s["images_per_s"] == pytest.approx(r["batch"] * 1e3 / s["mean_ms"], rel=0.25)
+        # Throughput is counted over the wall clock of the timed runs alone: it covers every timed run, and not
+        # the model's loading (warmup_s: session creation and first call). Checked as bounds, not as a band
+        # around batch / mean latency: for this 20-us model one preemption of the 2-core machine during the
+        # 30 runs (4 ms, seen in a fresh-clone run) moved that ratio 8x.
+        timed_s = sum(r["latencies_ms"]) / 1e3
+        assert s["images_per_s"] == pytest.approx(r["batch"] * s["queries"] / s["wall_s"])
+        assert timed_s * (1 - 1e-9) <= s["wall_s"] < timed_s + r["warmup_s"]
         assert s["images_per_s"] == pytest.approx(s["qps"] * r["batch"])
         assert r["warmup_s"] > 0 and r["peak_rss_bytes"] > r["baseline_rss_bytes"] > 0
         assert r["gflops"] > 0 and r["floor_bytes"] > 0
